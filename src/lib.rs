@@ -1,0 +1,12 @@
+//! pgfan: spread SQL work from a master PostgreSQL database over many nodes through
+//! transactional PgQ queues, and bring the results back.
+//!
+//! The library holds everything; `main.rs` only parses the command line.
+
+pub mod cluster;
+pub mod db;
+pub mod install;
+pub mod sql;
+
+/// Version of this build, recorded in `pgfan_meta.component` by `pgfan install`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

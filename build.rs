@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::{env, fs};
 
 fn main() {
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let sql = root.join("sql");
     println!("cargo:rerun-if-changed=sql");
     let mut out = String::new();
-    let mut components: Vec<PathBuf> = read_dir_sorted(&sql).into_iter().filter(|p| p.is_dir()).collect();
+    let mut components: Vec<PathBuf> = read_dir_sorted(&sql)
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
     components.sort();
     out.push_str("/// Every bundled SQL component: (name, ordered (file, text) list).\n");
     out.push_str("pub static COMPONENTS: &[(&str, &[(&str, &str)])] = &[\n");
@@ -23,13 +27,22 @@ fn main() {
         let _ = writeln!(out, "    ({name:?}, &[");
         for file in component_files(&dir) {
             println!("cargo:rerun-if-changed={}", file.display());
-            let rel = file.strip_prefix(&sql).unwrap().to_string_lossy().into_owned();
-            let _ = writeln!(out, "        ({rel:?}, include_str!({:?})),", file.display().to_string());
+            let rel = file
+                .strip_prefix(&sql)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let _ = writeln!(
+                out,
+                "        ({rel:?}, include_str!({:?})),",
+                file.display().to_string()
+            );
         }
         out.push_str("    ]),\n");
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sql_bundle.rs");
+    let dest =
+        PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sql_bundle.rs");
     fs::write(dest, out).expect("write sql_bundle.rs");
 }
 

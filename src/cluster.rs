@@ -89,7 +89,13 @@ impl Cluster {
         };
         let dir = make_dir(run_as.as_deref())?;
         let reaper = spawn_reaper(&dir, &bindir, run_as.as_deref())?;
-        let mut cluster = Cluster { dir, port: 0, bindir, run_as, reaper: Mutex::new(Some(reaper)) };
+        let mut cluster = Cluster {
+            dir,
+            port: 0,
+            bindir,
+            run_as,
+            reaper: Mutex::new(Some(reaper)),
+        };
         cluster.initdb(settings)?;
         cluster.start_on_free_port()?;
         Ok(cluster)
@@ -112,13 +118,19 @@ impl Cluster {
 
     /// libpq connection string for `dbname` as the superuser `postgres`.
     pub fn conninfo(&self, dbname: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        )
     }
 
     /// Stops the server; the directory is kept so that `restart` can bring it back.
     pub fn stop(&self, mode: StopMode) -> Result<(), ClusterError> {
         let data = self.data_dir();
-        self.pg_tool("pg_ctl", &["-D", path_str(&data), "-m", mode.as_arg(), "-w", "stop"])
+        self.pg_tool(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", mode.as_arg(), "-w", "stop"],
+        )
     }
 
     /// Starts a stopped server again on the same port.
@@ -143,10 +155,24 @@ impl Cluster {
         let data = self.data_dir();
         self.pg_tool(
             "initdb",
-            &["-D", path_str(&data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+            &[
+                "-D",
+                path_str(&data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
         )?;
         let mut conf = String::from("\n# pgfan throwaway cluster\n");
-        conf.push_str(&format!("unix_socket_directories = '{}'\n", self.dir.display()));
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            self.dir.display()
+        ));
         for (k, v) in BASE_SETTINGS.iter().chain(settings) {
             conf.push_str(&format!("{k} = {v}\n"));
         }
@@ -169,19 +195,35 @@ impl Cluster {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ClusterError::Command { what: "pg_ctl start".into(), detail: "no attempt".into() }))
+        Err(last.unwrap_or(ClusterError::Command {
+            what: "pg_ctl start".into(),
+            detail: "no attempt".into(),
+        }))
     }
 
     fn pg_ctl_start(&self) -> Result<(), ClusterError> {
         let data = self.data_dir();
         let log = self.dir.join("postgres.log");
-        self.pg_tool("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-w", "-t", "60", "start"])
-            .map_err(|e| match e {
-                ClusterError::Command { what, detail } => {
-                    ClusterError::Command { what, detail: format!("{detail}\nserver log:\n{}", self.log()) }
-                }
-                other => other,
-            })
+        self.pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .map_err(|e| match e {
+            ClusterError::Command { what, detail } => ClusterError::Command {
+                what,
+                detail: format!("{detail}\nserver log:\n{}", self.log()),
+            },
+            other => other,
+        })
     }
 
     fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<(), ClusterError> {
@@ -195,7 +237,11 @@ impl Cluster {
         }
         Err(ClusterError::Command {
             what: format!("{tool} {}", args.join(" ")),
-            detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         })
     }
 }
@@ -243,7 +289,10 @@ fn tool_command(bindir: &Path, run_as: Option<&str>, tool: &str) -> Command {
 }
 
 fn make_dir(run_as: Option<&str>) -> Result<PathBuf, ClusterError> {
-    let dir = tempfile::Builder::new().prefix("pgfan-pg-").tempdir()?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("pgfan-pg-")
+        .tempdir()?
+        .keep();
     if let Some(user) = run_as {
         let (uid, gid) = lookup_user(user)?;
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
@@ -270,7 +319,13 @@ fn spawn_reaper(dir: &Path, bindir: &Path, run_as: Option<&str>) -> Result<Child
         stop.extend(["runuser".into(), "-u".into(), user.into(), "--".into()]);
     }
     stop.push(bindir.join("pg_ctl").display().to_string());
-    stop.extend(["-D".into(), data.display().to_string(), "-m".into(), "immediate".into(), "-w".into()]);
+    stop.extend([
+        "-D".into(),
+        data.display().to_string(),
+        "-m".into(),
+        "immediate".into(),
+        "-w".into(),
+    ]);
     stop.push("stop".into());
     let child = Command::new("sh")
         .arg("-c")

@@ -68,7 +68,11 @@ pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
             match msg {
                 Ok(m) => {
                     if let AsyncMessage::Notice(n) = &m {
-                        tracing::debug!(severity = n.severity(), message = n.message(), "Server notice");
+                        tracing::debug!(
+                            severity = n.severity(),
+                            message = n.message(),
+                            "Server notice"
+                        );
                     }
                     // A receiver that stopped listening is fine: the session keeps working.
                     let _ = tx.send(m);
@@ -94,11 +98,29 @@ mod tests {
 
     #[test]
     fn sqlstates_are_classified() {
-        assert_eq!(classify_sqlstate(&SqlState::CONNECTION_FAILURE), ErrorClass::Reconnect);
-        assert_eq!(classify_sqlstate(&SqlState::ADMIN_SHUTDOWN), ErrorClass::Reconnect);
-        assert_eq!(classify_sqlstate(&SqlState::T_R_DEADLOCK_DETECTED), ErrorClass::Retry);
-        assert_eq!(classify_sqlstate(&SqlState::TOO_MANY_CONNECTIONS), ErrorClass::Retry);
-        assert_eq!(classify_sqlstate(&SqlState::SYNTAX_ERROR), ErrorClass::Fatal);
-        assert_eq!(classify_sqlstate(&SqlState::RAISE_EXCEPTION), ErrorClass::Fatal);
+        assert_eq!(
+            classify_sqlstate(&SqlState::CONNECTION_FAILURE),
+            ErrorClass::Reconnect
+        );
+        assert_eq!(
+            classify_sqlstate(&SqlState::ADMIN_SHUTDOWN),
+            ErrorClass::Reconnect
+        );
+        assert_eq!(
+            classify_sqlstate(&SqlState::T_R_DEADLOCK_DETECTED),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify_sqlstate(&SqlState::TOO_MANY_CONNECTIONS),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify_sqlstate(&SqlState::SYNTAX_ERROR),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            classify_sqlstate(&SqlState::RAISE_EXCEPTION),
+            ErrorClass::Fatal
+        );
     }
 }

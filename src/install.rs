@@ -76,7 +76,10 @@ pub struct Report {
 impl Report {
     /// The outcome for `name`, if that component was part of the install.
     pub fn outcome(&self, name: &str) -> Option<&Outcome> {
-        self.components.iter().find(|(n, _)| n == name).map(|(_, o)| o)
+        self.components
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| o)
     }
 }
 
@@ -84,11 +87,15 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, outcome) in &self.components {
             match outcome {
-                Outcome::Installed => writeln!(f, "{name}: installed (bundled, pgfan {})", crate::VERSION)?,
+                Outcome::Installed => {
+                    writeln!(f, "{name}: installed (bundled, pgfan {})", crate::VERSION)?
+                }
                 Outcome::Upgraded { from } => {
                     writeln!(f, "{name}: upgraded {from} -> {} (bundled)", crate::VERSION)?
                 }
-                Outcome::UpToDate => writeln!(f, "{name}: up to date (bundled, pgfan {})", crate::VERSION)?,
+                Outcome::UpToDate => {
+                    writeln!(f, "{name}: up to date (bundled, pgfan {})", crate::VERSION)?
+                }
                 Outcome::Extension { version } => {
                     writeln!(f, "{name}: using the installed {name} extension {version}")?
                 }
@@ -104,8 +111,11 @@ impl fmt::Display for Report {
 /// Installs or upgrades every component `role` needs, in one transaction.
 pub async fn install(client: &mut Client, role: Role) -> Result<Report, InstallError> {
     let tx = client.transaction().await?;
-    tx.execute("select pg_catalog.pg_advisory_xact_lock($1)", &[&INSTALL_LOCK_KEY])
-        .await?;
+    tx.execute(
+        "select pg_catalog.pg_advisory_xact_lock($1)",
+        &[&INSTALL_LOCK_KEY],
+    )
+    .await?;
     run_files(&tx, &bundled("pgfan_meta")?).await?;
     let mut components = Vec::new();
     for name in role.components() {
@@ -113,7 +123,10 @@ pub async fn install(client: &mut Client, role: Role) -> Result<Report, InstallE
     }
     let roles_granted = pgq_roles_exist(&tx).await?;
     tx.commit().await?;
-    Ok(Report { components, roles_granted })
+    Ok(Report {
+        components,
+        roles_granted,
+    })
 }
 
 async fn install_component(tx: &Transaction<'_>, name: &str) -> Result<Outcome, InstallError> {
@@ -132,7 +145,9 @@ async fn install_component(tx: &Transaction<'_>, name: &str) -> Result<Outcome, 
     let outcome = match recorded {
         Some(row) if row.get::<_, String>(1) == checksum => return Ok(Outcome::UpToDate),
         Some(row) => Outcome::Upgraded { from: row.get(0) },
-        None if schema_exists(tx, name).await? => return Err(InstallError::ForeignSchema(name.into())),
+        None if schema_exists(tx, name).await? => {
+            return Err(InstallError::ForeignSchema(name.into()))
+        }
         None => Outcome::Installed,
     };
     run_files(tx, &files).await?;
@@ -154,7 +169,10 @@ async fn run_files(tx: &Transaction<'_>, files: &[SqlFile]) -> Result<(), Instal
         }
         tx.batch_execute(file.text)
             .await
-            .map_err(|source| InstallError::Script { file: file.path, source })?;
+            .map_err(|source| InstallError::Script {
+                file: file.path,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -163,16 +181,25 @@ fn bundled(name: &str) -> Result<Vec<SqlFile>, InstallError> {
     sql::component(name).ok_or_else(|| InstallError::UnknownComponent(name.into()))
 }
 
-async fn extension_version(tx: &Transaction<'_>, name: &str) -> Result<Option<String>, InstallError> {
+async fn extension_version(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<String>, InstallError> {
     let row = tx
-        .query_opt("select extversion from pg_catalog.pg_extension where extname = $1", &[&name])
+        .query_opt(
+            "select extversion from pg_catalog.pg_extension where extname = $1",
+            &[&name],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 async fn schema_exists(tx: &Transaction<'_>, name: &str) -> Result<bool, InstallError> {
     let row = tx
-        .query_one("select exists (select 1 from pg_catalog.pg_namespace where nspname = $1)", &[&name])
+        .query_one(
+            "select exists (select 1 from pg_catalog.pg_namespace where nspname = $1)",
+            &[&name],
+        )
         .await?;
     Ok(row.get(0))
 }

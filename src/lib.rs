@@ -4,9 +4,18 @@
 //! The library holds everything; `main.rs` only parses the command line.
 
 pub mod cluster;
+pub mod config;
+pub mod consumer;
 pub mod db;
+pub mod demo;
 pub mod install;
+pub mod ledger;
+pub mod outage;
+pub mod pgq;
+pub mod print_consumer;
+pub mod signals;
 pub mod sql;
+pub mod ticker;
 
 /// Version of this build, recorded in `pgfan_meta.component` by `pgfan install`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

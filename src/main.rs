@@ -1,11 +1,17 @@
 //! The `pgfan` command: parses the command line and hands over to the library.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "pgfan", version, about = "Spread SQL work over many PostgreSQL servers through PgQ queues")]
+#[command(
+    name = "pgfan",
+    version,
+    about = "Spread SQL work over many PostgreSQL servers through PgQ queues"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -22,20 +28,117 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "master")]
         role: pgfan::install::Role,
     },
+    /// Tick queues, move retry events and rotate tables (pgqd's job, with low latency).
+    Ticker {
+        /// Configuration file (.toml or .ini; a pgqd.ini works unchanged).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Consume a queue with the consumer framework and print its events as JSON lines.
+    Consume {
+        /// libpq connection string of the queue database.
+        #[arg(long, env = "PGFAN_DB")]
+        db: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long, default_value = "pgfan_consume")]
+        consumer: String,
+        /// Print events to stdout as JSON lines (the only action so far).
+        #[arg(long)]
+        print: bool,
+        /// Events fetched per round trip through a cursor (0 = whole batch at once).
+        #[arg(long, default_value_t = 300)]
+        lazy_fetch: i32,
+    },
+    /// Start a throwaway local cluster and run the whole flow end to end.
+    Demo,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PGFAN_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
         Cmd::Install { db, role } => {
-            let mut client = pgfan::db::connect_client(&db).await.context("connecting to the database")?;
-            let report = pgfan::install::install(&mut client, role).await.context("installing")?;
+            init_logging(None)?;
+            let mut client = pgfan::db::connect_client(&db)
+                .await
+                .context("connecting to the database")?;
+            let report = pgfan::install::install(&mut client, role)
+                .await
+                .context("installing")?;
             print!("{report}");
+        }
+        Cmd::Ticker {
+            config,
+            check_config,
+        } => {
+            let cfg = pgfan::ticker::TickerConfig::load(&config)?;
+            if check_config {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            init_logging(cfg.logfile.as_deref())?;
+            let _pid = cfg.pidfile.as_deref().map(PidFile::create).transpose()?;
+            let control = pgfan::signals::listen()?;
+            pgfan::ticker::run(Some(config), cfg, control).await?;
+        }
+        Cmd::Consume {
+            db,
+            queue,
+            consumer,
+            print,
+            lazy_fetch,
+        } => {
+            init_logging(None)?;
+            anyhow::ensure!(print, "nothing to do: pass --print");
+            let mut opts = pgfan::consumer::ConsumerOptions::new(db, queue, consumer);
+            opts.lazy_fetch = lazy_fetch;
+            pgfan::print_consumer::run(opts, pgfan::signals::listen()?).await?;
+        }
+        Cmd::Demo => {
+            init_logging(None)?;
+            pgfan::demo::run(pgfan::demo::DemoOptions::default()).await?;
         }
     }
     Ok(())
+}
+
+/// Logs to stderr (journald picks it up under systemd), or appends to `logfile`.
+fn init_logging(logfile: Option<&Path>) -> Result<()> {
+    let filter = EnvFilter::try_from_env("PGFAN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// A pid file that is removed again when the daemon exits normally.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

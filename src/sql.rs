@@ -14,10 +14,13 @@ pub struct SqlFile {
 
 /// The ordered files of a component, or `None` for an unknown name.
 pub fn component(name: &str) -> Option<Vec<SqlFile>> {
-    COMPONENTS.iter().find(|(n, _)| *n == name).map(|(_, files)| {
-        files
-            .iter()
-            .map(|(path, text)| SqlFile { path, text })
-            .collect()
-    })
+    COMPONENTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, files)| {
+            files
+                .iter()
+                .map(|(path, text)| SqlFile { path, text })
+                .collect()
+        })
 }

@@ -51,10 +51,18 @@ async fn catalog(backend: Backend, query: &str) -> Vec<String> {
     let client = db.connect().await;
     // A queue with a consumer creates the per-queue objects whose shape clients also rely on.
     client
-        .batch_execute("select pgq.create_queue('compat'); select pgq.register_consumer('compat', 'c')")
+        .batch_execute(
+            "select pgq.create_queue('compat'); select pgq.register_consumer('compat', 'c')",
+        )
         .await
         .unwrap();
-    client.query(query, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+    client
+        .query(query, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 async fn assert_same(query: &str) {
@@ -106,5 +114,8 @@ async fn security_definer_functions_pin_search_path() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(unpinned.is_empty(), "SECURITY DEFINER without a pinned search_path: {unpinned:?}");
+    assert!(
+        unpinned.is_empty(),
+        "SECURITY DEFINER without a pinned search_path: {unpinned:?}"
+    );
 }

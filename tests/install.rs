@@ -44,12 +44,24 @@ async fn changed_sql_is_reapplied_as_an_upgrade() {
         .batch_execute("update pgfan_meta.component set version = '0.0.1', checksum = 'old' where name = 'pgq'")
         .await
         .unwrap();
-    client.batch_execute("select pgq.create_queue('kept')").await.unwrap();
+    client
+        .batch_execute("select pgq.create_queue('kept')")
+        .await
+        .unwrap();
     let before = object_counts(&client).await;
     let report = install::install(&mut client, Role::Master).await.unwrap();
-    assert_eq!(report.outcome("pgq"), Some(&Outcome::Upgraded { from: "0.0.1".into() }));
+    assert_eq!(
+        report.outcome("pgq"),
+        Some(&Outcome::Upgraded {
+            from: "0.0.1".into()
+        })
+    );
     assert_eq!(object_counts(&client).await, before);
-    let queues: i64 = client.query_one("select count(*) from pgq.queue", &[]).await.unwrap().get(0);
+    let queues: i64 = client
+        .query_one("select count(*) from pgq.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(queues, 1, "an upgrade keeps existing queues");
 }
 
@@ -60,26 +72,41 @@ async fn concurrent_installs_do_not_conflict() {
         let conninfo = db.conninfo.clone();
         tokio::spawn(async move {
             let mut client = pgfan::db::connect_client(&conninfo).await.unwrap();
-            install::install(&mut client, Role::Master).await.map(|r| r.outcome("pgq").cloned())
+            install::install(&mut client, Role::Master)
+                .await
+                .map(|r| r.outcome("pgq").cloned())
         })
     });
     let mut installed = 0;
     for run in runs.collect::<Vec<_>>() {
-        match run.await.unwrap().expect("install must not fail when run concurrently") {
+        match run
+            .await
+            .unwrap()
+            .expect("install must not fail when run concurrently")
+        {
             Some(Outcome::Installed) => installed += 1,
             Some(Outcome::UpToDate) => {}
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert_eq!(installed, 1, "exactly one run installs, the others find it up to date");
+    assert_eq!(
+        installed, 1,
+        "exactly one run installs, the others find it up to date"
+    );
     let client = db.connect().await;
-    let queues: i64 = client.query_one("select pgq.create_queue('q')::int8", &[]).await.unwrap().get(0);
+    let queues: i64 = client
+        .query_one("select pgq.create_queue('q')::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(queues, 1);
 }
 
 #[tokio::test]
 async fn database_owner_without_superuser_can_install() {
-    let admin = pgfan::db::connect_client(&cluster().conninfo("postgres")).await.unwrap();
+    let admin = pgfan::db::connect_client(&cluster().conninfo("postgres"))
+        .await
+        .unwrap();
     admin
         .batch_execute(
             "do $$ begin
@@ -91,13 +118,23 @@ async fn database_owner_without_superuser_can_install() {
         )
         .await
         .unwrap();
-    let conninfo = cluster().conninfo("owned_by_app").replace("user=postgres", "user=app_owner");
+    let conninfo = cluster()
+        .conninfo("owned_by_app")
+        .replace("user=postgres", "user=app_owner");
     let mut client = pgfan::db::connect_client(&conninfo).await.unwrap();
     let report = install::install(&mut client, Role::Master).await.unwrap();
     assert_eq!(report.outcome("pgq"), Some(&Outcome::Installed));
-    let q: i32 = client.query_one("select pgq.create_queue('owned')", &[]).await.unwrap().get(0);
+    let q: i32 = client
+        .query_one("select pgq.create_queue('owned')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(q, 1);
-    let id: i64 = client.query_one("select pgq.insert_event('owned', 't', 'd')", &[]).await.unwrap().get(0);
+    let id: i64 = client
+        .query_one("select pgq.insert_event('owned', 't', 'd')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(id > 0);
 }
 
@@ -106,14 +143,22 @@ async fn real_extension_is_used_when_present() {
     let db = TestDb::new(Backend::Extension).await;
     let mut client = db.connect().await;
     let report = install::install(&mut client, Role::Master).await.unwrap();
-    assert!(matches!(report.outcome("pgq"), Some(Outcome::Extension { version }) if version == "3.5"));
+    assert!(
+        matches!(report.outcome("pgq"), Some(Outcome::Extension { version }) if version == "3.5")
+    );
     assert_eq!(report.outcome("pgq_ext"), Some(&Outcome::UpToDate));
     let bundled: i64 = client
-        .query_one("select count(*) from pgfan_meta.component where name = 'pgq'", &[])
+        .query_one(
+            "select count(*) from pgfan_meta.component where name = 'pgq'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(bundled, 0, "the bundled core was not installed over the extension");
+    assert_eq!(
+        bundled, 0,
+        "the bundled core was not installed over the extension"
+    );
 }
 
 #[tokio::test]
@@ -124,7 +169,10 @@ async fn node_role_installs_only_the_ledger() {
     assert_eq!(report.outcome("pgq_ext"), Some(&Outcome::Installed));
     assert_eq!(report.outcome("pgq"), None);
     let pgq: bool = client
-        .query_one("select exists (select 1 from pg_namespace where nspname = 'pgq')", &[])
+        .query_one(
+            "select exists (select 1 from pg_namespace where nspname = 'pgq')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -45,10 +45,23 @@ impl TestDb {
     /// A new empty database on `cluster`.
     pub async fn empty_on(cluster: &Cluster) -> TestDb {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let admin = pgfan::db::connect_client(&cluster.conninfo("postgres")).await.expect("connect admin");
-        admin.batch_execute(&format!("create database {name}")).await.expect("create database");
-        TestDb { conninfo: cluster.conninfo(&name), name, backend: Backend::Bundled }
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = pgfan::db::connect_client(&cluster.conninfo("postgres"))
+            .await
+            .expect("connect admin");
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database");
+        TestDb {
+            conninfo: cluster.conninfo(&name),
+            name,
+            backend: Backend::Bundled,
+        }
     }
 
     /// A new database with the queue core of `backend` installed as a pgfan master.
@@ -57,15 +70,26 @@ impl TestDb {
         db.backend = backend;
         let mut client = db.connect().await;
         if backend == Backend::Extension {
-            client.batch_execute("create extension pgq").await.expect("create extension pgq");
+            // The extension creates the cluster-wide pgq roles without guarding against a
+            // concurrent creation, so concurrent tests take turns.
+            static CREATE_EXTENSION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+            let _turn = CREATE_EXTENSION.lock().await;
+            client
+                .batch_execute("create extension pgq")
+                .await
+                .expect("create extension pgq");
         }
-        install::install(&mut client, Role::Master).await.expect("pgfan install");
+        install::install(&mut client, Role::Master)
+            .await
+            .expect("pgfan install");
         db
     }
 
     /// A superuser client.
     pub async fn connect(&self) -> Client {
-        pgfan::db::connect_client(&self.conninfo).await.expect("connect")
+        pgfan::db::connect_client(&self.conninfo)
+            .await
+            .expect("connect")
     }
 
     /// A superuser session that also yields notices and notifications.
@@ -75,8 +99,12 @@ impl TestDb {
 
     /// A client logged in as `user` (trust authentication).
     pub async fn connect_as(&self, user: &str) -> Client {
-        let conninfo = self.conninfo.replace("user=postgres", &format!("user={user}"));
-        pgfan::db::connect_client(&conninfo).await.expect("connect as user")
+        let conninfo = self
+            .conninfo
+            .replace("user=postgres", &format!("user={user}"));
+        pgfan::db::connect_client(&conninfo)
+            .await
+            .expect("connect as user")
     }
 }
 

@@ -1,0 +1,337 @@
+//! The consumer framework shared by the relay, node and reducer daemons.
+//!
+//! One loop per consumer: open (or re-open) a batch with `next_batch_custom`, read its events
+//! (all at once, or lazily through `get_batch_cursor` for large batches), hand them to the
+//! [`BatchHandler`] inside the queue database's transaction, schedule the retries it asks
+//! for, `finish_batch`, commit. Work done in the queue database therefore commits together
+//! with `finish_batch` (exactly once); work in another database uses the pgq_ext ledger
+//! (see [`crate::ledger`]).
+//!
+//! Waiting: the loop LISTENs on the ticker's channel and wakes when its queue ticks, with a
+//! polling fallback for tickers that do not notify (pgqd). A stop request is honoured only
+//! between batches; a lost connection is reconnected with back-off and the open batch is
+//! redone (PgQ returns the same batch id until it is finished).
+
+use std::future::Future;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, Transaction};
+
+use crate::db::{self, ErrorClass, Session};
+use crate::outage::{sleep_or_stop, Outage};
+use crate::pgq::{Event, PgqError};
+use crate::ticker::TICK_CHANNEL;
+
+/// Name of the cursor used for lazy fetching.
+const CURSOR: &str = "pgfan_batch_walker";
+
+/// How one consumer reads its queue.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// libpq connection string of the queue database.
+    pub conninfo: String,
+    pub queue: String,
+    pub consumer: String,
+    /// Register the consumer on start if it is not registered yet.
+    pub register: bool,
+    /// Events fetched per round trip through a cursor; 0 reads each batch in one query.
+    pub lazy_fetch: i32,
+    /// Passed to `next_batch_custom`: wait for this many events per batch ...
+    pub min_count: Option<i32>,
+    /// ... or this much time between its ticks ...
+    pub min_interval: Option<Duration>,
+    /// ... and never take ticks younger than this.
+    pub min_lag: Option<Duration>,
+    /// Poll this often when no tick notification arrives.
+    pub poll_period: Duration,
+    /// First retry delay of an event; doubles with every retry of that event.
+    pub retry_base: Duration,
+    /// Upper bound of the retry delay.
+    pub retry_max: Duration,
+}
+
+impl ConsumerOptions {
+    /// Options with pgfan's defaults for `queue`/`consumer` at `conninfo`.
+    pub fn new(
+        conninfo: impl Into<String>,
+        queue: impl Into<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
+        ConsumerOptions {
+            conninfo: conninfo.into(),
+            queue: queue.into(),
+            consumer: consumer.into(),
+            register: true,
+            lazy_fetch: 300,
+            min_count: None,
+            min_interval: None,
+            min_lag: None,
+            poll_period: Duration::from_secs(1),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
+
+    /// Delay before the next attempt of an event that has been retried `retries` times.
+    pub fn retry_delay(&self, retries: i32) -> Duration {
+        let factor = 2u32.saturating_pow(retries.clamp(0, 30) as u32);
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// The batch a handler is working on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRef {
+    pub batch_id: i64,
+    pub cur_tick_id: i64,
+    pub prev_tick_id: i64,
+}
+
+/// What a handler decides for one event it cannot process now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryEvent {
+    pub ev_id: i64,
+    /// Times it was retried before (`ev_retry`), which sets the back-off.
+    pub retries: i32,
+}
+
+/// A handler failure; the batch is rolled back and redone.
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Pgq(#[from] PgqError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Processes events; everything it does through `tx` commits together with `finish_batch`.
+pub trait BatchHandler: Send {
+    /// Handles one chunk of the batch's events (in ev_id order); returns the events to retry.
+    fn events<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        batch: BatchRef,
+        events: &'a [Event],
+    ) -> impl Future<Output = Result<Vec<RetryEvent>, HandlerError>> + Send + 'a;
+
+    /// Called after the last chunk, before `finish_batch`, in the same transaction.
+    fn batch_end<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        async { Ok(()) }
+    }
+}
+
+/// Errors that end a consumer.
+#[derive(Debug, Error)]
+pub enum ConsumerError {
+    #[error("consumer {consumer} on {queue}: {source}")]
+    Fatal {
+        queue: String,
+        consumer: String,
+        #[source]
+        source: HandlerError,
+    },
+}
+
+/// Runs the consumer until `stop` becomes true; returns the number of batches finished.
+pub async fn run<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, ConsumerError> {
+    let mut outage = Outage::new("consumer", format!("{}/{}", opts.queue, opts.consumer));
+    let mut finished = 0;
+    loop {
+        let err = match db::connect(&opts.conninfo).await {
+            Ok(mut session) => {
+                outage.recovered();
+                match session_loop(opts, handler, &mut session, &mut stop, &mut finished).await {
+                    Ok(()) => return Ok(finished),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => HandlerError::Db(e),
+        };
+        if is_fatal(&err) {
+            return Err(ConsumerError::Fatal {
+                queue: opts.queue.clone(),
+                consumer: opts.consumer.clone(),
+                source: err,
+            });
+        }
+        let pause = outage.failed(&err);
+        if sleep_or_stop(pause, &mut stop).await {
+            return Ok(finished);
+        }
+    }
+}
+
+fn is_fatal(err: &HandlerError) -> bool {
+    let db_err = match err {
+        HandlerError::Db(e) => e,
+        HandlerError::Pgq(e) => e.db_error(),
+        HandlerError::Other(_) => return false,
+    };
+    db::classify(db_err) == ErrorClass::Fatal
+}
+
+async fn session_loop<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    session: &mut Session,
+    stop: &mut watch::Receiver<bool>,
+    finished: &mut u64,
+) -> Result<(), HandlerError> {
+    session
+        .client
+        .batch_execute(&format!("listen {TICK_CHANNEL}"))
+        .await?;
+    if opts.register {
+        crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await?;
+    }
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if process_one(opts, handler, &mut session.client).await? {
+            *finished += 1;
+            continue;
+        }
+        if wait_for_tick(opts, &mut session.messages, stop).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Processes the next batch; false when there was none.
+async fn process_one<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    client: &mut tokio_postgres::Client,
+) -> Result<bool, HandlerError> {
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            "select batch_id, cur_tick_id, prev_tick_id
+               from pgq.next_batch_custom($1, $2, $3::text::interval, $4, $5::text::interval)",
+            &[
+                &opts.queue,
+                &opts.consumer,
+                &opts.min_lag.map(interval_text),
+                &opts.min_count,
+                &opts.min_interval.map(interval_text),
+            ],
+        )
+        .await?;
+    let Some(batch_id) = row.get::<_, Option<i64>>(0) else {
+        tx.commit().await?;
+        return Ok(false);
+    };
+    let batch = BatchRef {
+        batch_id,
+        cur_tick_id: row.get(1),
+        prev_tick_id: row.get(2),
+    };
+    let retries = if opts.lazy_fetch > 0 {
+        handle_lazily(opts, handler, &tx, batch).await?
+    } else {
+        let events = crate::pgq::batch_events(&tx, batch_id).await?;
+        handler.events(&tx, batch, &events).await?
+    };
+    handler.batch_end(&tx, batch).await?;
+    for r in retries {
+        let secs = opts
+            .retry_delay(r.retries)
+            .as_secs()
+            .clamp(0, i32::MAX as u64) as i32;
+        tx.query_one(
+            "select pgq.event_retry($1, $2, $3::int4)",
+            &[&batch_id, &r.ev_id, &secs],
+        )
+        .await?;
+    }
+    crate::pgq::finish_batch(&tx, batch_id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn handle_lazily<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    tx: &Transaction<'_>,
+    batch: BatchRef,
+) -> Result<Vec<RetryEvent>, HandlerError> {
+    let mut retries = Vec::new();
+    let first = tx
+        .query(
+            "select * from pgq.get_batch_cursor($1, $2, $3)",
+            &[&batch.batch_id, &CURSOR, &opts.lazy_fetch],
+        )
+        .await?;
+    let mut chunk: Vec<Event> = first.iter().map(Event::from_row).collect();
+    let fetch = format!("fetch {} from {CURSOR}", opts.lazy_fetch);
+    loop {
+        let full = chunk.len() as i32 >= opts.lazy_fetch;
+        if !chunk.is_empty() {
+            retries.extend(handler.events(tx, batch, &chunk).await?);
+        }
+        if !full {
+            break;
+        }
+        chunk = tx
+            .query(&fetch, &[])
+            .await?
+            .iter()
+            .map(Event::from_row)
+            .collect();
+    }
+    tx.batch_execute(&format!("close {CURSOR}")).await?;
+    Ok(retries)
+}
+
+/// Waits for a tick notification of our queue, the poll period, or a stop; true on stop.
+async fn wait_for_tick(
+    opts: &ConsumerOptions,
+    messages: &mut mpsc::UnboundedReceiver<AsyncMessage>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + opts.poll_period;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return *stop.borrow(),
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return true },
+            msg = messages.recv() => match msg {
+                Some(AsyncMessage::Notification(n)) if n.payload() == opts.queue => return false,
+                Some(_) => {}
+                // The connection ended; the next query reports why and the session reconnects.
+                None => return false,
+            },
+        }
+    }
+}
+
+fn interval_text(d: Duration) -> String {
+    format!("{} microseconds", d.as_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let mut o = ConsumerOptions::new("", "q", "c");
+        o.retry_base = Duration::from_secs(5);
+        o.retry_max = Duration::from_secs(60);
+        assert_eq!(o.retry_delay(0), Duration::from_secs(5));
+        assert_eq!(o.retry_delay(2), Duration::from_secs(20));
+        assert_eq!(o.retry_delay(10), Duration::from_secs(60));
+    }
+}

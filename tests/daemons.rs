@@ -1,0 +1,372 @@
+//! The ticker daemon and the consumer framework against real PostgreSQL, on both backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestDb};
+use pgfan::cluster::{Cluster, StopMode};
+use pgfan::consumer::{self, BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
+use pgfan::pgq::Event;
+use pgfan::signals::Control;
+use pgfan::ticker::{self, TickerConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Transaction;
+
+/// Upper bound for anything a test waits for; reaching it means the behaviour is broken.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Forwards every event to the test; retries events whose data starts with "retry" once.
+struct Collect {
+    seen: mpsc::UnboundedSender<(BatchRef, Event)>,
+    /// When set, the handler parks in the first batch until the test releases it.
+    park: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
+}
+
+impl BatchHandler for Collect {
+    async fn events<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        batch: BatchRef,
+        events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        if let Some((parked, release)) = self.park.take() {
+            let _ = parked.send(());
+            let _ = release.await;
+        }
+        let mut retry = Vec::new();
+        for e in events {
+            if e.data.as_deref().is_some_and(|d| d.starts_with("retry")) && e.retry.is_none() {
+                retry.push(RetryEvent {
+                    ev_id: e.id,
+                    retries: 0,
+                });
+            }
+            let _ = self.seen.send((batch, e.clone()));
+        }
+        Ok(retry)
+    }
+}
+
+fn ticker_config(db: &TestDb) -> TickerConfig {
+    let (base, name) = db
+        .conninfo
+        .rsplit_once(" dbname=")
+        .expect("conninfo ends with dbname");
+    TickerConfig {
+        base_connstr: base.to_string(),
+        database_list: vec![name.to_string()],
+        ..TickerConfig::default()
+    }
+}
+
+fn start_ticker(cfg: TickerConfig) -> (mpsc::UnboundedSender<Control>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle =
+        tokio::spawn(async move { ticker::run(None, cfg, rx).await.expect("ticker runs") });
+    (tx, handle)
+}
+
+fn start_consumer(
+    opts: ConsumerOptions,
+    mut handler: Collect,
+) -> (watch::Sender<bool>, JoinHandle<u64>) {
+    let (stop_tx, stop) = watch::channel(false);
+    let handle = tokio::spawn(async move {
+        consumer::run(&opts, &mut handler, stop)
+            .await
+            .expect("consumer runs")
+    });
+    (stop_tx, handle)
+}
+
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<(BatchRef, Event)>) -> (BatchRef, Event) {
+    tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .expect("an event arrives in time")
+        .expect("consumer alive")
+}
+
+/// A queue that ticks as soon as it has events.
+async fn low_latency_queue(db: &TestDb, queue: &str) {
+    let c = db.connect().await;
+    c.query_one("select pgq.create_queue($1)", &[&queue])
+        .await
+        .unwrap();
+    c.query_one(
+        "select pgq.set_queue_config($1, 'ticker_max_lag', '0')",
+        &[&queue],
+    )
+    .await
+    .unwrap();
+}
+
+/// Polls `sql` (returning one boolean) until it is true; for states no signal announces.
+async fn eventually(db: &TestDb, sql: &str) {
+    let c = db.connect().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !c.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never became true: {sql}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ticker_wakes_consumers_on_new_events(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    low_latency_queue(&db, "fast").await;
+    let (ctl, ticker) = start_ticker(ticker_config(&db));
+    let mut opts = ConsumerOptions::new(&db.conninfo, "fast", "c1");
+    // A consumer that would poll only hourly: events can only reach it through the NOTIFY.
+    opts.poll_period = Duration::from_secs(3600);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = db.connect().await;
+    let (stop, consumer) = start_consumer(
+        opts,
+        Collect {
+            seen: tx,
+            park: None,
+        },
+    );
+    eventually(
+        &db,
+        "select count(*) = 1 from pgq.get_consumer_info('fast')",
+    )
+    .await;
+    for i in 0..3 {
+        client
+            .query_one(
+                "select pgq.insert_event('fast', 'e', $1)",
+                &[&format!("n={i}")],
+            )
+            .await
+            .unwrap();
+        let (_, e) = next_event(&mut rx).await;
+        assert_eq!(e.data.as_deref(), Some(format!("n={i}").as_str()));
+    }
+    stop.send(true).unwrap();
+    assert!(consumer.await.unwrap() >= 3);
+    ctl.send(Control::Stop).unwrap();
+    ticker.await.unwrap();
+}
+
+async fn ticker_moves_retries_and_rotates_tables(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    low_latency_queue(&db, "rq").await;
+    let client = db.connect().await;
+    client
+        .query_one(
+            "select pgq.set_queue_config('rq', 'rotation_period', '0')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut cfg = ticker_config(&db);
+    cfg.retry_period = Duration::from_millis(50);
+    cfg.maint_period = Duration::from_millis(50);
+    let (ctl, ticker) = start_ticker(cfg);
+    let mut opts = ConsumerOptions::new(&db.conninfo, "rq", "c1");
+    opts.retry_base = Duration::ZERO;
+    opts.poll_period = Duration::from_millis(100);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, consumer) = start_consumer(
+        opts,
+        Collect {
+            seen: tx,
+            park: None,
+        },
+    );
+    eventually(&db, "select count(*) = 1 from pgq.get_consumer_info('rq')").await;
+    client
+        .query_one("select pgq.insert_event('rq', 'e', 'retry me')", &[])
+        .await
+        .unwrap();
+    let (first_batch, first) = next_event(&mut rx).await;
+    assert_eq!(first.retry, None);
+    let (again_batch, again) = next_event(&mut rx).await;
+    assert_eq!(
+        (again.id, again.retry),
+        (first.id, Some(1)),
+        "the retried event comes back once, counted"
+    );
+    assert!(again_batch.batch_id > first_batch.batch_id);
+    // Rotation needs ticks past the previous switch; keep events flowing until it happens.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        client
+            .query_one("select pgq.insert_event('rq', 'e', 'filler')", &[])
+            .await
+            .unwrap();
+        next_event(&mut rx).await;
+        let cur: i32 = client
+            .query_one(
+                "select queue_cur_table from pgq.queue where queue_name = 'rq'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if cur != 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ticker never rotated the queue"
+        );
+    }
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+    ctl.send(Control::Stop).unwrap();
+    ticker.await.unwrap();
+}
+
+async fn consumer_reads_large_batches_lazily_in_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut client = db.connect().await;
+    client
+        .query_one("select pgq.create_queue('big')", &[])
+        .await
+        .unwrap();
+    client
+        .query_one("select pgq.register_consumer('big', 'c1')", &[])
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    for i in 0..50 {
+        tx.query_one("select pgq.insert_event('big', 'e', $1)", &[&i.to_string()])
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    client
+        .batch_execute("select pgq.force_tick('big'); select pgq.ticker('big')")
+        .await
+        .unwrap();
+    let mut opts = ConsumerOptions::new(&db.conninfo, "big", "c1");
+    opts.lazy_fetch = 7;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, consumer) = start_consumer(
+        opts,
+        Collect {
+            seen: tx,
+            park: None,
+        },
+    );
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.push(next_event(&mut rx).await);
+    }
+    let batches: std::collections::HashSet<i64> = got.iter().map(|(b, _)| b.batch_id).collect();
+    assert_eq!(batches.len(), 1, "one transaction, one batch");
+    let data: Vec<String> = got.iter().map(|(_, e)| e.data.clone().unwrap()).collect();
+    assert_eq!(
+        data,
+        (0..50).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "in ev_id order"
+    );
+    stop.send(true).unwrap();
+    assert_eq!(consumer.await.unwrap(), 1);
+}
+
+async fn consumer_stops_only_between_batches(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let client = db.connect().await;
+    client
+        .query_one("select pgq.create_queue('s')", &[])
+        .await
+        .unwrap();
+    client
+        .query_one("select pgq.register_consumer('s', 'c1')", &[])
+        .await
+        .unwrap();
+    client
+        .query_one("select pgq.insert_event('s', 'e', 'x')", &[])
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pgq.force_tick('s'); select pgq.ticker('s')")
+        .await
+        .unwrap();
+    let (parked_tx, parked) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let opts = ConsumerOptions::new(&db.conninfo, "s", "c1");
+    let (stop, consumer) = start_consumer(
+        opts,
+        Collect {
+            seen: tx,
+            park: Some((parked_tx, release_rx)),
+        },
+    );
+    parked.await.expect("the handler is inside the batch");
+    stop.send(true).unwrap();
+    release.send(()).unwrap();
+    assert_eq!(
+        consumer.await.unwrap(),
+        1,
+        "the batch in progress is finished before stopping"
+    );
+    assert!(rx.recv().await.is_some());
+    let open: Option<i64> = client
+        .query_one(
+            "select current_batch from pgq.get_consumer_info('s', 'c1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, None, "no batch left open");
+}
+
+#[tokio::test]
+async fn ticker_and_consumer_survive_a_database_restart() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let db = TestDb::empty_on(&cluster).await;
+    pgfan::install::install(&mut db.connect().await, pgfan::install::Role::Master)
+        .await
+        .unwrap();
+    low_latency_queue(&db, "r").await;
+    let (ctl, ticker) = start_ticker(ticker_config(&db));
+    let mut opts = ConsumerOptions::new(&db.conninfo, "r", "c1");
+    opts.poll_period = Duration::from_millis(200);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, consumer) = start_consumer(
+        opts,
+        Collect {
+            seen: tx,
+            park: None,
+        },
+    );
+    eventually(&db, "select count(*) = 1 from pgq.get_consumer_info('r')").await;
+    db.connect()
+        .await
+        .query_one("select pgq.insert_event('r', 'e', 'before')", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut rx).await.1.data.as_deref(), Some("before"));
+    cluster.stop(StopMode::Fast).unwrap();
+    cluster.restart().unwrap();
+    db.connect()
+        .await
+        .query_one("select pgq.insert_event('r', 'e', 'after')", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut rx).await.1.data.as_deref(), Some("after"));
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+    ctl.send(Control::Stop).unwrap();
+    ticker.await.unwrap();
+}
+
+both_backends!(
+    ticker_wakes_consumers_on_new_events,
+    ticker_moves_retries_and_rotates_tables,
+    consumer_reads_large_batches_lazily_in_order,
+    consumer_stops_only_between_batches,
+);

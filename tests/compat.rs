@@ -14,6 +14,7 @@ const FUNCTIONS: &str = "
            || pg_get_function_result(p.oid)
            || case when p.prosecdef then ' security definer' else '' end
            || case when p.proretset then ' setof' else '' end
+           || ' volatility=' || p.provolatile::text || case when p.proisstrict then ' strict' else '' end
            || ' acl=' || coalesce(array_to_string(array(select unnest(p.proacl)::text order by 1), ' '), '-')
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
      where n.nspname = 'pgq' and p.proname not in ('jsontriga', 'logutriga', 'sqltriga')

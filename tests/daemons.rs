@@ -349,7 +349,14 @@ async fn ticker_and_consumer_survive_a_database_restart() {
         .query_one("select pgq.insert_event('r', 'e', 'before')", &[])
         .await
         .unwrap();
-    assert_eq!(next_event(&mut rx).await.1.data.as_deref(), Some("before"));
+    let (batch, e) = next_event(&mut rx).await;
+    assert_eq!(e.data.as_deref(), Some("before"));
+    // The handler sees events inside the batch transaction; restart only once it committed.
+    let finished = format!(
+        "select coalesce(bool_and(last_tick >= {}), false) from pgq.get_consumer_info('r', 'c1')",
+        batch.cur_tick_id
+    );
+    eventually(&db, &finished).await;
     cluster.stop(StopMode::Fast).unwrap();
     cluster.restart().unwrap();
     db.connect()
@@ -370,3 +377,52 @@ both_backends!(
     consumer_reads_large_batches_lazily_in_order,
     consumer_stops_only_between_batches,
 );
+
+#[test]
+fn example_ticker_configs_load() {
+    for file in ["etc/ticker.toml", "etc/ticker.ini"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let cfg = TickerConfig::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(cfg.poll_period, Duration::from_millis(10), "{file}");
+        assert_eq!(cfg.maint_period, Duration::from_secs(120), "{file}");
+    }
+}
+
+#[test]
+fn an_unmodified_pgqd_ini_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgqd.ini");
+    std::fs::write(
+        &path,
+        "[pgqd]\nlogfile = /tmp/pgqd.log\npidfile = /tmp/pgqd.pid\nbase_connstr = host=/tmp\n\
+         initial_database = postgres\ndatabase_list = a, b\nsyslog = 1\nsyslog_ident = pgqd\n\
+         check_period = 60\nretry_period = 30\nmaint_period = 120\nticker_period = 1\n\
+         stats_period = 30\nconnection_lifetime = 3600\n",
+    )
+    .unwrap();
+    let cfg = TickerConfig::load(&path).unwrap();
+    assert_eq!(cfg.database_list, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(cfg.ticker_period, Duration::from_secs(1));
+    assert_eq!(cfg.conninfo("a"), "host=/tmp dbname='a'");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, "[ticker]\npoll_periodd = \"5ms\"\n").unwrap();
+    let err = TickerConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("poll_periodd") && err.contains("t.toml"),
+        "{err}"
+    );
+    std::fs::write(&path, "[ticker]\npoll_period = \"soon\"\n").unwrap();
+    let err = TickerConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("soon"), "{err}");
+    std::fs::write(&path, "[ticker]\npoll_period = \"2s\"\n").unwrap();
+    let err = TickerConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("poll_period must not exceed ticker_period"),
+        "{err}"
+    );
+}

@@ -113,9 +113,12 @@ async fn database_owner_without_superuser_can_install() {
                 if not exists (select 1 from pg_roles where rolname = 'app_owner') then
                     create role app_owner login createrole;
                 end if;
-             end $$;
-             create database owned_by_app owner app_owner",
+             end $$",
         )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("create database owned_by_app owner app_owner")
         .await
         .unwrap();
     let conninfo = cluster()
@@ -177,4 +180,52 @@ async fn node_role_installs_only_the_ledger() {
         .unwrap()
         .get(0);
     assert!(!pgq);
+}
+
+#[tokio::test]
+async fn owner_without_createrole_installs_without_the_roles() {
+    // A cluster of its own: the pgq roles must not exist yet.
+    let cluster = tokio::task::spawn_blocking(pgfan::cluster::Cluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = pgfan::db::connect_client(&cluster.conninfo("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("create role plain_owner login")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("create database plain owner plain_owner")
+        .await
+        .unwrap();
+    let conninfo = cluster
+        .conninfo("plain")
+        .replace("user=postgres", "user=plain_owner");
+    let mut client = pgfan::db::connect_client(&conninfo).await.unwrap();
+    let report = install::install(&mut client, Role::Master).await.unwrap();
+    assert_eq!(report.outcome("pgq"), Some(&Outcome::Installed));
+    assert!(
+        !report.roles_granted,
+        "the report says the role grants were skipped"
+    );
+    assert!(
+        report.to_string().contains("could not be created"),
+        "{report}"
+    );
+    client
+        .query_one("select pgq.create_queue('q')", &[])
+        .await
+        .unwrap();
+    client
+        .query_one("select pgq.register_consumer('q', 'c')", &[])
+        .await
+        .unwrap();
+    let id: i64 = client
+        .query_one("select pgq.insert_event('q', 't', 'd')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(id > 0);
 }

@@ -89,4 +89,4 @@ begin
 
     return _sql || ' order by 1';
 end;
-$$ language plpgsql stable;
+$$ language plpgsql;

@@ -62,4 +62,4 @@ begin
     end if;
     return;
 end;
-$$ language plpgsql stable;
+$$ language plpgsql;

@@ -33,7 +33,10 @@ begin
              || ') _evs where (' || i_extra_where || ') order by 1';
     end if;
     execute format('declare %I no scroll cursor for %s', i_cursor_name, _sql);
-    return query execute format('fetch %s from %I', i_quick_limit, i_cursor_name);
+    -- FETCH 0 would re-read the "current" row; no quick rows means no fetch at all
+    if i_quick_limit > 0 then
+        return query execute format('fetch %s from %I', i_quick_limit, i_cursor_name);
+    end if;
 end;
 $$ language plpgsql;
 
@@ -56,4 +59,4 @@ begin
     return query
         select * from pgq.get_batch_cursor(i_batch_id, i_cursor_name, i_quick_limit, null);
 end;
-$$ language plpgsql;
+$$ language plpgsql strict;

@@ -28,8 +28,8 @@ begin
            q.queue_switch_time, q.queue_external_ticker, q.queue_ticker_paused,
            q.queue_ticker_max_count, q.queue_ticker_max_lag, q.queue_ticker_idle_period,
            now() - lt.tick_time,
-           (lt.tick_event_seq - ft.tick_event_seq)::float8
-               / nullif(extract(epoch from lt.tick_time - ft.tick_time)::float8, 0),
+           ((lt.tick_event_seq - ft.tick_event_seq)
+               / nullif(extract(epoch from lt.tick_time - ft.tick_time), 0))::float8,
            pgq.seq_getval(q.queue_event_seq) - lt.tick_event_seq,
            lt.tick_id
       from pgq.queue q

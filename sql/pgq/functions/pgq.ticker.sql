@@ -20,6 +20,7 @@ declare
     v_last record;
     v_prev_time timestamptz;
     v_seq bigint;
+    v_cur_txid bigint;
     v_new bigint;
     v_lag interval;
     v_tick_id bigint;
@@ -50,10 +51,13 @@ begin
         limit 1;
     if found then
         -- A restore into a cluster with a lower txid epoch would make every old
-        -- snapshot look like the future and batches select nothing.
-        if v_last.snap_xmin > txid_current() then
+        -- snapshot look like the future and batches select nothing. Compared with the
+        -- current snapshot's xmax rather than txid_current(): asking for a txid would
+        -- assign one, and a call that does not tick must not write WAL.
+        v_cur_txid := txid_snapshot_xmax(txid_current_snapshot());
+        if v_last.snap_xmin > v_cur_txid then
             raise exception 'Invalid PgQ state: old xmin=%, old xmax=%, cur txid=%',
-                v_last.snap_xmin, v_last.snap_xmax, txid_current();
+                v_last.snap_xmin, v_last.snap_xmax, v_cur_txid;
         end if;
         v_new := v_seq - v_last.tick_event_seq;
         if v_new < 0 then

@@ -4,18 +4,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestDb};
+use common::{eventually, start_ticker, ticker_config, Backend, TestDb, PATIENCE};
 use pgfan::cluster::{Cluster, StopMode};
 use pgfan::consumer::{self, BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
 use pgfan::pgq::Event;
 use pgfan::signals::Control;
-use pgfan::ticker::{self, TickerConfig};
+use pgfan::ticker::TickerConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Transaction;
-
-/// Upper bound for anything a test waits for; reaching it means the behaviour is broken.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Forwards every event to the test; retries events whose data starts with "retry" once.
 struct Collect {
@@ -47,25 +44,6 @@ impl BatchHandler for Collect {
         }
         Ok(retry)
     }
-}
-
-fn ticker_config(db: &TestDb) -> TickerConfig {
-    let (base, name) = db
-        .conninfo
-        .rsplit_once(" dbname=")
-        .expect("conninfo ends with dbname");
-    TickerConfig {
-        base_connstr: base.to_string(),
-        database_list: vec![name.to_string()],
-        ..TickerConfig::default()
-    }
-}
-
-fn start_ticker(cfg: TickerConfig) -> (mpsc::UnboundedSender<Control>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handle =
-        tokio::spawn(async move { ticker::run(None, cfg, rx).await.expect("ticker runs") });
-    (tx, handle)
 }
 
 fn start_consumer(
@@ -100,19 +78,6 @@ async fn low_latency_queue(db: &TestDb, queue: &str) {
     )
     .await
     .unwrap();
-}
-
-/// Polls `sql` (returning one boolean) until it is true; for states no signal announces.
-async fn eventually(db: &TestDb, sql: &str) {
-    let c = db.connect().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !c.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never became true: {sql}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn ticker_wakes_consumers_on_new_events(backend: Backend) {

@@ -131,3 +131,307 @@ macro_rules! both_backends {
         }
     };
 }
+
+// ---------------------------------------------------------------------------------------
+// PgQ SQL helpers shared by the queue-core test files. They call the SQL API directly, so
+// the same statements run against both backends.
+// ---------------------------------------------------------------------------------------
+
+/// One event as `get_batch_events` / `get_batch_cursor` return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ev {
+    pub id: i64,
+    pub time: std::time::SystemTime,
+    pub txid: Option<i64>,
+    pub retry: Option<i32>,
+    pub ev_type: Option<String>,
+    pub data: Option<String>,
+    pub extra: [Option<String>; 4],
+}
+
+impl Ev {
+    pub fn from_row(row: &tokio_postgres::Row) -> Ev {
+        Ev {
+            id: row.get("ev_id"),
+            time: row.get("ev_time"),
+            txid: row.get("ev_txid"),
+            retry: row.get("ev_retry"),
+            ev_type: row.get("ev_type"),
+            data: row.get("ev_data"),
+            extra: [
+                row.get("ev_extra1"),
+                row.get("ev_extra2"),
+                row.get("ev_extra3"),
+                row.get("ev_extra4"),
+            ],
+        }
+    }
+
+    /// `ev_data`, which every test sets.
+    pub fn data(&self) -> &str {
+        self.data.as_deref().expect("ev_data is set")
+    }
+}
+
+/// The columns of `next_batch_info` / `next_batch_custom`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub batch_id: i64,
+    pub cur_tick_id: i64,
+    pub prev_tick_id: i64,
+    pub cur_tick_event_seq: i64,
+    pub prev_tick_event_seq: i64,
+}
+
+impl BatchInfo {
+    /// None when the row says there is no batch (all columns NULL).
+    pub fn from_row(row: &tokio_postgres::Row) -> Option<BatchInfo> {
+        let batch_id: Option<i64> = row.get("batch_id");
+        let batch_id = batch_id?;
+        Some(BatchInfo {
+            batch_id,
+            cur_tick_id: row.get("cur_tick_id"),
+            prev_tick_id: row.get("prev_tick_id"),
+            cur_tick_event_seq: row.get("cur_tick_event_seq"),
+            prev_tick_event_seq: row.get("prev_tick_event_seq"),
+        })
+    }
+}
+
+/// The server's message text of a failed statement (panics on a non-database error).
+pub fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {err:?}"))
+        .message()
+        .to_string()
+}
+
+/// A database with `backend`'s core, a superuser client and the queues `queues` created.
+pub async fn queue_db(backend: Backend, queues: &[&str]) -> (TestDb, Client) {
+    let db = TestDb::new(backend).await;
+    let client = db.connect().await;
+    for q in queues {
+        let created: i32 = client
+            .query_one("select pgq.create_queue($1)", &[q])
+            .await
+            .unwrap_or_else(|e| panic!("create_queue({q}) failed: {e:?}"))
+            .get(0);
+        assert_eq!(created, 1, "create_queue({q}) must report a new queue");
+    }
+    (db, client)
+}
+
+pub async fn set_queue_config(client: &Client, q: &str, param: &str, value: &str) {
+    client
+        .query_one(
+            "select pgq.set_queue_config($1, $2, $3)",
+            &[&q, &param, &value],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set_queue_config({q}, {param}, {value}) failed: {e:?}"));
+}
+
+pub async fn register(client: &Client, q: &str, consumer: &str) {
+    let r: i32 = client
+        .query_one("select pgq.register_consumer($1, $2)", &[&q, &consumer])
+        .await
+        .unwrap_or_else(|e| panic!("register_consumer({q}, {consumer}) failed: {e:?}"))
+        .get(0);
+    assert_eq!(
+        r, 1,
+        "register_consumer({q}, {consumer}) must register anew"
+    );
+}
+
+pub async fn insert_event(client: &Client, q: &str, ev_type: &str, data: &str) -> i64 {
+    client
+        .query_one(
+            "select pgq.insert_event($1, $2, $3)",
+            &[&q, &ev_type, &data],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("insert_event({q}, {ev_type}, {data}) failed: {e:?}"))
+        .get(0)
+}
+
+/// The id of the newest tick of `q`.
+pub async fn last_tick(client: &Client, q: &str) -> i64 {
+    client
+        .query_one(
+            "select max(t.tick_id) from pgq.tick t join pgq.queue q on q.queue_id = t.tick_queue
+              where q.queue_name = $1",
+            &[&q],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Makes `q` tick now (`force_tick` then `ticker`, each its own transaction) and returns the
+/// new tick id.
+pub async fn tick(client: &Client, q: &str) -> i64 {
+    let before: i64 = client
+        .query_one("select pgq.force_tick($1)", &[&q])
+        .await
+        .unwrap_or_else(|e| panic!("force_tick({q}) failed: {e:?}"))
+        .get(0);
+    let id: Option<i64> = client
+        .query_one("select pgq.ticker($1)", &[&q])
+        .await
+        .unwrap_or_else(|e| panic!("ticker({q}) failed: {e:?}"))
+        .get(0);
+    let id = id.unwrap_or_else(|| panic!("ticker({q}) did not tick after force_tick"));
+    assert!(
+        id > before,
+        "the new tick {id} of {q} must be newer than {before}"
+    );
+    id
+}
+
+/// `next_batch_info(q, c)`: the open or next batch, None when there is none.
+pub async fn next_batch(client: &Client, q: &str, consumer: &str) -> Option<BatchInfo> {
+    let row = client
+        .query_one(
+            "select * from pgq.next_batch_info($1, $2)",
+            &[&q, &consumer],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("next_batch_info({q}, {consumer}) failed: {e:?}"));
+    BatchInfo::from_row(&row)
+}
+
+pub async fn batch_events(client: &Client, batch_id: i64) -> Vec<Ev> {
+    client
+        .query("select * from pgq.get_batch_events($1)", &[&batch_id])
+        .await
+        .unwrap_or_else(|e| panic!("get_batch_events({batch_id}) failed: {e:?}"))
+        .iter()
+        .map(Ev::from_row)
+        .collect()
+}
+
+pub async fn finish_batch(client: &Client, batch_id: i64) -> i32 {
+    client
+        .query_one("select pgq.finish_batch($1)", &[&batch_id])
+        .await
+        .unwrap_or_else(|e| panic!("finish_batch({batch_id}) failed: {e:?}"))
+        .get(0)
+}
+
+/// Consumes every batch `consumer` can get now: next batch, its events, finish; until none.
+pub async fn consume_all(client: &Client, q: &str, consumer: &str) -> Vec<(BatchInfo, Vec<Ev>)> {
+    let mut out = Vec::new();
+    while let Some(b) = next_batch(client, q, consumer).await {
+        let events = batch_events(client, b.batch_id).await;
+        assert_eq!(
+            finish_batch(client, b.batch_id).await,
+            1,
+            "finish_batch of the open batch {} of {consumer} must return 1",
+            b.batch_id
+        );
+        out.push((b, events));
+    }
+    out
+}
+
+/// The sorted `ev_data` of all events of `batches`.
+pub fn all_data(batches: &[(BatchInfo, Vec<Ev>)]) -> Vec<String> {
+    let mut v: Vec<String> = batches
+        .iter()
+        .flat_map(|(_, evs)| evs.iter().map(|e| e.data().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `queue_id` of `q`.
+pub async fn queue_id(client: &Client, q: &str) -> i32 {
+    client
+        .query_one(
+            "select queue_id from pgq.queue where queue_name = $1",
+            &[&q],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `ticker(q)`: the new tick id, or None when the ticker decided not to tick.
+pub async fn ticker(client: &Client, q: &str) -> Option<i64> {
+    client
+        .query_one("select pgq.ticker($1)", &[&q])
+        .await
+        .unwrap_or_else(|e| panic!("ticker({q}) failed: {e:?}"))
+        .get(0)
+}
+
+/// Moves tick `tick_id` of `q` `age` (an interval literal) into the past.
+pub async fn set_tick_age(client: &Client, q: &str, tick_id: i64, age: &str) {
+    let n = client
+        .execute(
+            &format!(
+                "update pgq.tick set tick_time = now() - interval '{age}'
+                  where tick_id = $1
+                    and tick_queue = (select queue_id from pgq.queue where queue_name = $2)"
+            ),
+            &[&tick_id, &q],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "tick {tick_id} of {q} exists");
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemon helpers: waiting for database conditions, the in-process pgfan ticker.
+// ---------------------------------------------------------------------------------------
+
+/// Upper bound for anything a test waits for; reaching it means the behaviour is broken.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Polls `sql` (returning one boolean) until it is true; for states no signal announces.
+pub async fn eventually(db: &TestDb, sql: &str) {
+    eventually_or(db, sql, String::new).await
+}
+
+/// Like [`eventually`]; a timeout's panic message ends with `context()` (e.g. a daemon's log).
+pub async fn eventually_or(db: &TestDb, sql: &str, context: impl Fn() -> String) {
+    let c = db.connect().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !c.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never became true: {sql}\n{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A pgfan ticker configuration for `db` alone, with the defaults otherwise.
+pub fn ticker_config(db: &TestDb) -> pgfan::ticker::TickerConfig {
+    let (base, name) = db
+        .conninfo
+        .rsplit_once(" dbname=")
+        .expect("conninfo ends with dbname");
+    pgfan::ticker::TickerConfig {
+        base_connstr: base.to_string(),
+        database_list: vec![name.to_string()],
+        ..pgfan::ticker::TickerConfig::default()
+    }
+}
+
+/// Runs the pgfan ticker in this process until `Control::Stop` is sent.
+pub fn start_ticker(
+    cfg: pgfan::ticker::TickerConfig,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<pgfan::signals::Control>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = tokio::spawn(async move {
+        pgfan::ticker::run(None, cfg, rx)
+            .await
+            .expect("ticker runs")
+    });
+    (tx, handle)
+}

@@ -23,6 +23,21 @@ pub enum Backend {
     Extension,
 }
 
+/// Creates the cluster-wide pgq roles unless they exist; a concurrent creator is not an error.
+const PRECREATE_PGQ_ROLES: &str = "
+do $$
+declare r text;
+begin
+    foreach r in array array['pgq_reader', 'pgq_writer', 'pgq_admin'] loop
+        begin
+            execute format('create role %I nologin', r);
+        exception when unique_violation or duplicate_object then
+            null;
+        end;
+    end loop;
+end
+$$";
+
 /// The cluster shared by all tests of this binary.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -71,9 +86,14 @@ impl TestDb {
         let mut client = db.connect().await;
         if backend == Backend::Extension {
             // The extension creates the cluster-wide pgq roles without guarding against a
-            // concurrent creation, so concurrent tests take turns.
+            // concurrent creation (by another test's extension or bundled install), so the
+            // roles are made first, tolerating a concurrent creator, as a DBA would.
             static CREATE_EXTENSION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
             let _turn = CREATE_EXTENSION.lock().await;
+            client
+                .batch_execute(PRECREATE_PGQ_ROLES)
+                .await
+                .expect("create the pgq roles");
             client
                 .batch_execute("create extension pgq")
                 .await

@@ -46,15 +46,26 @@ impl BatchHandler for Collect {
     }
 }
 
+/// Errors that ended consumers of this test binary, for the message of a test that waited.
+static CONSUMER_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn start_consumer(
     opts: ConsumerOptions,
     mut handler: Collect,
 ) -> (watch::Sender<bool>, JoinHandle<u64>) {
     let (stop_tx, stop) = watch::channel(false);
     let handle = tokio::spawn(async move {
-        consumer::run(&opts, &mut handler, stop)
-            .await
-            .expect("consumer runs")
+        match consumer::run(&opts, &mut handler, stop).await {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!("{}/{}: {e:?}", opts.queue, opts.consumer);
+                CONSUMER_ERRORS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(msg.clone());
+                panic!("consumer failed: {msg}")
+            }
+        }
     });
     (stop_tx, handle)
 }
@@ -63,7 +74,10 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<(BatchRef, Event)>) -> (Bat
     tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("an event arrives in time")
-        .expect("consumer alive")
+        .unwrap_or_else(|| {
+            let errors = CONSUMER_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+            panic!("the consumer ended; consumer errors: {errors:#?}")
+        })
 }
 
 /// A queue that ticks as soon as it has events.

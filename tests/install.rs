@@ -103,6 +103,41 @@ async fn concurrent_installs_do_not_conflict() {
 }
 
 #[tokio::test]
+async fn two_install_processes_at_once_both_succeed() {
+    let db = TestDb::empty().await;
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfan"))
+            .args(["install", "--db", &db.conninfo])
+            .output()
+    };
+    let (a, b) = tokio::join!(spawn(), spawn());
+    let mut said = Vec::new();
+    for out in [a.unwrap(), b.unwrap()] {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "pgfan install failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said.push(stdout);
+    }
+    said.sort();
+    assert!(
+        said[0].contains("pgq: installed (bundled") && said[1].contains("pgq: up to date (bundled"),
+        "one process installs, the other finds it up to date: {said:?}"
+    );
+    let (functions, relations) = object_counts(&db.connect().await).await;
+    let again = install::install(&mut db.connect().await, Role::Master)
+        .await
+        .unwrap();
+    assert_eq!(again.outcome("pgq"), Some(&Outcome::UpToDate));
+    assert_eq!(
+        object_counts(&db.connect().await).await,
+        (functions, relations)
+    );
+}
+
+#[tokio::test]
 async fn database_owner_without_superuser_can_install() {
     let admin = pgfan::db::connect_client(&cluster().conninfo("postgres"))
         .await

@@ -350,6 +350,65 @@ async fn ticker_and_consumer_survive_a_database_restart() {
     ticker.await.unwrap();
 }
 
+/// The newest tick id of queue `q` in `db`.
+async fn newest_tick(db: &TestDb, q: &str) -> i64 {
+    common::last_tick(&db.connect().await, q).await
+}
+
+#[tokio::test]
+async fn discovery_finds_every_database_with_pgq_and_rechecks() {
+    // Its own cluster: discovery ticks every database, which must not be other tests' ones.
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let early = TestDb::empty_on(&cluster).await;
+    let late = TestDb::empty_on(&cluster).await;
+    let plain = TestDb::empty_on(&cluster).await;
+    pgfan::install::install(&mut early.connect().await, pgfan::install::Role::Master)
+        .await
+        .unwrap();
+    low_latency_queue(&early, "q").await;
+    let (base, _) = early.conninfo.rsplit_once(" dbname=").unwrap();
+    let cfg = TickerConfig {
+        base_connstr: base.to_string(),
+        initial_database: plain.name.clone(),
+        check_period: Duration::from_millis(200),
+        ..TickerConfig::default()
+    };
+    let (ctl, ticker) = start_ticker(cfg);
+    let first = newest_tick(&early, "q").await;
+    early
+        .connect()
+        .await
+        .query_one("select pgq.insert_event('q', 'e', 'x')", &[])
+        .await
+        .unwrap();
+    eventually(
+        &early,
+        &format!("select max(tick_id) > {first} from pgq.tick"),
+    )
+    .await;
+    // pgq appears in another database after the ticker started: the next check finds it.
+    pgfan::install::install(&mut late.connect().await, pgfan::install::Role::Master)
+        .await
+        .unwrap();
+    low_latency_queue(&late, "q").await;
+    let first = newest_tick(&late, "q").await;
+    late.connect()
+        .await
+        .query_one("select pgq.insert_event('q', 'e', 'y')", &[])
+        .await
+        .unwrap();
+    eventually(
+        &late,
+        &format!("select max(tick_id) > {first} from pgq.tick"),
+    )
+    .await;
+    ctl.send(Control::Stop).unwrap();
+    ticker.await.unwrap();
+}
+
 both_backends!(
     ticker_wakes_consumers_on_new_events,
     ticker_moves_retries_and_rotates_tables,

@@ -20,17 +20,17 @@ const PGQ_ROLES: [&str; 3] = ["pgq_reader", "pgq_writer", "pgq_admin"];
 /// What kind of database is being prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
-    /// The master: queue core and the exactly-once ledger.
+    /// The master: queue core, the exactly-once ledger, jobs and tasks.
     Master,
-    /// A node: only the exactly-once ledger.
+    /// A node: the exactly-once ledger and the local task table.
     Node,
 }
 
 impl Role {
     fn components(self) -> &'static [&'static str] {
         match self {
-            Role::Master => &["pgq", "pgq_ext"],
-            Role::Node => &["pgq_ext"],
+            Role::Master => &["pgq", "pgq_ext", "pgfan"],
+            Role::Node => &["pgq_ext", "pgfan_node"],
         }
     }
 }

@@ -13,9 +13,13 @@ pub mod ledger;
 pub mod outage;
 pub mod pgq;
 pub mod print_consumer;
+pub mod reducer;
+pub mod relay;
+pub mod service;
 pub mod signals;
 pub mod sql;
 pub mod ticker;
+pub mod urlenc;
 
 /// Version of this build, recorded in `pgfan_meta.component` by `pgfan install`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

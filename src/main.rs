@@ -37,6 +37,24 @@ enum Cmd {
         #[arg(long)]
         check_config: bool,
     },
+    /// Route push events to the pull queues of their target nodes (on the master).
+    Relay {
+        /// Configuration file with a [relay] section (.toml or .ini).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Record task results and reduce finished jobs (on the master).
+    Reducer {
+        /// Configuration file with a [reducer] section (.toml or .ini).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Consume a queue with the consumer framework and print its events as JSON lines.
     Consume {
         /// libpq connection string of the queue database.
@@ -83,6 +101,32 @@ async fn main() -> Result<()> {
             let _pid = cfg.pidfile.as_deref().map(PidFile::create).transpose()?;
             let control = pgfan::signals::listen()?;
             pgfan::ticker::run(Some(config), cfg, control).await?;
+        }
+        Cmd::Relay {
+            config,
+            check_config,
+        } => {
+            let cfg = pgfan::relay::RelayConfig::load(&config)?;
+            if check_config {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            init_logging(None)?;
+            let control = pgfan::signals::listen()?;
+            pgfan::relay::run(Some(&config), cfg, control).await?;
+        }
+        Cmd::Reducer {
+            config,
+            check_config,
+        } => {
+            let cfg = pgfan::reducer::ReducerConfig::load(&config)?;
+            if check_config {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            init_logging(None)?;
+            let control = pgfan::signals::listen()?;
+            pgfan::reducer::run(Some(&config), cfg, control).await?;
         }
         Cmd::Consume {
             db,

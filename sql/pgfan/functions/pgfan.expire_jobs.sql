@@ -1,0 +1,29 @@
+-- pgfan.expire_jobs(): fail the jobs whose deadline (submit time + timeout) has passed.
+--
+-- A job that can still be completed by its policy is completed; otherwise it fails with
+-- how far it got ("timeout: 2 of 3 tasks done") and its open tasks are cancelled. The
+-- reducer calls this periodically. Returns the number of jobs ended.
+create or replace function pgfan.expire_jobs()
+returns integer as $$
+declare
+    v_job record;
+    v_n integer := 0;
+begin
+    for v_job in
+        select j.job_id,
+               (select count(*) from pgfan.task t where t.job_id = j.job_id and t.state = 'done') as done,
+               (select count(*) from pgfan.task t where t.job_id = j.job_id) as total
+          from pgfan.job j
+         where j.state in ('submitted', 'running') and j.deadline < now()
+         order by j.job_id
+           for update of j skip locked
+    loop
+        if pgfan.complete_job(v_job.job_id) is null then
+            perform pgfan.finish_job(v_job.job_id, 'failed',
+                format('timeout: %s of %s tasks done', v_job.done, v_job.total));
+        end if;
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end;
+$$ language plpgsql;

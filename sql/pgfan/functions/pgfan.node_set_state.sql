@@ -1,0 +1,26 @@
+-- pgfan.node_set_state(node_name, state): active, draining or disabled.
+--
+-- draining: the node gets no new work from `all`, `any` and hash routing, but finishes
+-- what it has and still accepts work addressed to it by name; disabled: nothing new at
+-- all (addressing it by name is an error). pgfan.node_drain/node_disable/node_activate
+-- are the spelled-out forms.
+create or replace function pgfan.node_set_state(i_node_name text, i_state text)
+returns text as $$
+begin
+    update pgfan.node set state = i_state where node_name = i_node_name;
+    if not found then
+        raise exception 'pgfan: unknown node %', i_node_name;
+    end if;
+    return i_state;
+end;
+$$ language plpgsql
+set search_path = pg_catalog, pg_temp;
+
+create or replace function pgfan.node_drain(i_node_name text)
+returns text as $$ select pgfan.node_set_state(i_node_name, 'draining') $$ language sql;
+
+create or replace function pgfan.node_disable(i_node_name text)
+returns text as $$ select pgfan.node_set_state(i_node_name, 'disabled') $$ language sql;
+
+create or replace function pgfan.node_activate(i_node_name text)
+returns text as $$ select pgfan.node_set_state(i_node_name, 'active') $$ language sql;

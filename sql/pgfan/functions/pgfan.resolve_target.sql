@@ -1,0 +1,65 @@
+-- pgfan.resolve_target(target): the node names a target stands for.
+--
+--   <name>[,<name>...]  those nodes (each must exist and not be disabled)
+--   all                 every active node
+--   any                 one active node: a live one (heartbeat in the last 30 s) with the
+--                       fewest open tasks; any active node when none has a heartbeat yet
+--   hash:<key>          the node owning partition hashtext(key) & (count - 1)
+-- Errors name what is wrong; the relay turns them into a failed job and a dead letter.
+create or replace function pgfan.resolve_target(i_target text)
+returns setof text as $$
+declare
+    v_name text;
+    v_count integer;
+    v_state text;
+begin
+    if i_target is null or btrim(i_target) = '' then
+        raise exception 'pgfan: the event has no target (ev_extra1)';
+    elsif i_target = 'all' then
+        return query select node_name from pgfan.node where state = 'active' order by node_name;
+        if not found then
+            raise exception 'pgfan: target all: no active node';
+        end if;
+    elsif i_target = 'any' then
+        return query
+            select n.node_name from pgfan.node n
+             where n.state = 'active'
+             order by (n.heartbeat > now() - interval '30 s') is not true,
+                      (select count(*) from pgfan.task t
+                        where t.node_name = n.node_name and t.state in ('queued', 'claimed', 'running')),
+                      random()
+             limit 1;
+        if not found then
+            raise exception 'pgfan: target any: no active node';
+        end if;
+    elsif i_target like 'hash:%' then
+        select count(*) into v_count from pgfan.partition;
+        if v_count = 0 then
+            raise exception 'pgfan: target %: no partition map (call pgfan.set_partitions)', i_target;
+        end if;
+        select p.node_name, n.state into v_name, v_state
+          from pgfan.partition p join pgfan.node n using (node_name)
+         where p.part_no = hashtext(substr(i_target, 6)) & (v_count - 1);
+        if v_name is null then
+            raise exception 'pgfan: target %: the partition map has a gap', i_target;
+        elsif v_state = 'disabled' then
+            raise exception 'pgfan: target %: node % is disabled', i_target, v_name;
+        end if;
+        return next v_name;
+    else
+        for v_name in
+            select min(btrim(x)) from unnest(string_to_array(i_target, ',')) with ordinality u(x, i)
+             group by btrim(x) order by min(i)
+        loop
+            select state into v_state from pgfan.node where node_name = v_name;
+            if not found then
+                raise exception 'pgfan: unknown node %', v_name;
+            elsif v_state = 'disabled' then
+                raise exception 'pgfan: node % is disabled', v_name;
+            end if;
+            return next v_name;
+        end loop;
+    end if;
+end;
+$$ language plpgsql
+set search_path = pg_catalog, pg_temp;

@@ -1,0 +1,121 @@
+-- pgfan schema on the master: nodes, the hash partition map, jobs, tasks, their results
+-- and dead letters, plus the two queues of the pipeline (docs/pipeline.md).
+--
+-- Everything is idempotent because `pgfan install` re-runs this file on every upgrade.
+-- States are checked text columns rather than enums so an upgrade can add a state
+-- without a type rewrite.
+
+create schema if not exists pgfan;
+
+create table if not exists pgfan.node (
+    node_name   text primary key
+                check (node_name ~ '^[a-z0-9_]{1,48}$'),
+    state       text not null default 'active'
+                check (state in ('active', 'draining', 'disabled')),
+    queue_name  text not null unique,
+    workers     integer,
+    version     text,
+    heartbeat   timestamptz,
+    added_at    timestamptz not null default now()
+);
+
+-- hash:<key> routes to partition hashtext(key) & (count - 1); the count is a power of two
+-- so that growing the map splits partitions instead of moving every key.
+create table if not exists pgfan.partition (
+    part_no     integer primary key check (part_no >= 0),
+    node_name   text not null references pgfan.node on update cascade
+);
+
+create sequence if not exists pgfan.job_id_seq;
+create sequence if not exists pgfan.task_id_seq;
+
+create table if not exists pgfan.job (
+    job_id          bigint primary key default nextval('pgfan.job_id_seq'),
+    kind            text not null,
+    target          text,
+    -- the request as key -> array of values, the same shape for pgfan.submit() and for
+    -- parsed raw events, so the relay treats both alike
+    params          jsonb not null default '{}',
+    reduce          text,
+    policy          text not null default 'all',
+    deadline        timestamptz,
+    state           text not null default 'submitted'
+                    check (state in ('submitted', 'running', 'done', 'failed', 'cancelled')),
+    error           text,
+    n_tasks         integer,
+    submitted_by    text not null default current_user,
+    submitted_at    timestamptz not null default now(),
+    routed_at       timestamptz,
+    finished_at     timestamptz,
+    source_queue    text,
+    source_ev_id    bigint,
+    unique (source_queue, source_ev_id)
+);
+create index if not exists job_unfinished_idx on pgfan.job (deadline)
+    where state in ('submitted', 'running');
+
+create table if not exists pgfan.job_result (
+    job_id      bigint not null references pgfan.job on delete cascade,
+    row_no      integer not null,
+    row_data    jsonb,
+    primary key (job_id, row_no)
+);
+
+create table if not exists pgfan.task (
+    task_id         bigint primary key default nextval('pgfan.task_id_seq'),
+    job_id          bigint not null references pgfan.job on delete cascade,
+    node_name       text not null references pgfan.node on update cascade,
+    part_no         integer not null default 0,
+    kind            text not null,
+    payload         text not null,
+    lane            text,
+    options         text,
+    state           text not null default 'queued'
+                    check (state in ('queued', 'claimed', 'running', 'done', 'failed', 'cancelled')),
+    error           text,
+    queued_at       timestamptz not null default now(),
+    claimed_at      timestamptz,
+    finished_at     timestamptz,
+    result_columns  text[],
+    result_types    text[],
+    result_rows     integer
+);
+create index if not exists task_job_idx on pgfan.task (job_id);
+create index if not exists task_open_idx on pgfan.task (node_name, state)
+    where state in ('queued', 'claimed', 'running');
+
+create table if not exists pgfan.task_row (
+    task_id     bigint not null references pgfan.task on delete cascade,
+    row_no      integer not null,
+    vals        text[] not null,
+    primary key (task_id, row_no)
+);
+
+create table if not exists pgfan.dead_letter (
+    dl_id       bigserial primary key,
+    created_at  timestamptz not null default now(),
+    source      text not null check (source in ('relay', 'node', 'reducer')),
+    job_id      bigint,
+    task_id     bigint,
+    queue_name  text,
+    ev_id       bigint,
+    ev_type     text,
+    ev_data     text,
+    ev_target   text,
+    error       text not null
+);
+
+-- The pipeline's own queues. They tick as soon as they have events (ticker_max_lag 0):
+-- pgfan's ticker notices new events within its poll period, so a task is not held back
+-- by PgQ's default 3 s batching. Only set when the queue is new, to keep an operator's tuning.
+do $queues$
+declare
+    q text;
+begin
+    foreach q in array array['push_queue', 'pgfan_results'] loop
+        if pgq.create_queue(q) = 1 then
+            perform pgq.set_queue_config(q, 'ticker_max_lag', '0');
+        end if;
+    end loop;
+end
+$queues$;

@@ -1,0 +1,214 @@
+//! `pgfan reducer`: records task results and finishes jobs.
+//!
+//! A consumer of `pgfan_results` on the master. Each result event is recorded with
+//! `pgfan.record_result` (the first result of a task counts; a re-shipped duplicate is
+//! ignored), and at the end of the batch every job that got a result is offered to
+//! `pgfan.complete_job`, which applies the job's policy, runs the reduce and notifies
+//! waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
+//! Beside the consumer, a timer calls `pgfan.expire_jobs()` to end jobs whose deadline
+//! passed while results were still missing.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Transaction;
+
+use crate::config::{self, ConfigError};
+use crate::consumer::{BatchHandler, BatchRef, ConsumerError, ConsumerOptions, HandlerError, RetryEvent};
+use crate::outage::{sleep_or_stop, Outage};
+use crate::pgq::Event;
+use crate::signals::Control;
+
+/// Settings of `pgfan reducer` (section `[reducer]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReducerConfig {
+    /// libpq connection string of the master database.
+    pub master: String,
+    /// The results queue. Default `pgfan_results`.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Consumer name on that queue. Default `pgfan_reducer`.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Polling fallback when no tick notification arrives. Default 1 s.
+    #[serde(default = "default_second", deserialize_with = "config::duration")]
+    pub poll_period: Duration,
+    /// How often jobs past their deadline are ended. Default 1 s.
+    #[serde(default = "default_second", deserialize_with = "config::duration")]
+    pub expire_period: Duration,
+}
+
+fn default_queue() -> String {
+    "pgfan_results".into()
+}
+
+fn default_consumer() -> String {
+    "pgfan_reducer".into()
+}
+
+fn default_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Deserialize)]
+struct ReducerFile {
+    reducer: ReducerConfig,
+}
+
+impl ReducerConfig {
+    /// Defaults for the master at `master`.
+    pub fn new(master: impl Into<String>) -> ReducerConfig {
+        ReducerConfig {
+            master: master.into(),
+            queue: default_queue(),
+            consumer: default_consumer(),
+            poll_period: default_second(),
+            expire_period: default_second(),
+        }
+    }
+
+    /// Reads the `[reducer]` section of a TOML or INI file.
+    pub fn load(path: &Path) -> Result<ReducerConfig, ConfigError> {
+        let cfg = config::load::<ReducerFile>(path)?.reducer;
+        if cfg.expire_period.is_zero() || cfg.poll_period.is_zero() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                msg: "poll_period and expire_period must be greater than zero".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn consumer_options(&self) -> ConsumerOptions {
+        let mut opts = ConsumerOptions::new(&self.master, &self.queue, &self.consumer);
+        opts.poll_period = self.poll_period;
+        opts
+    }
+}
+
+/// The reducer's batch handler.
+#[derive(Default)]
+pub struct Reducer {
+    touched: BTreeSet<i64>,
+}
+
+impl BatchHandler for Reducer {
+    async fn events<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+        events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        for e in events {
+            if let Some(job) = record(tx, e).await? {
+                self.touched.insert(job);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn batch_end<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+    ) -> Result<(), HandlerError> {
+        for job in std::mem::take(&mut self.touched) {
+            let state: Option<String> = tx
+                .query_one("select pgfan.complete_job($1)", &[&job])
+                .await?
+                .get(0);
+            if let Some(state) = state {
+                tracing::info!(job, state, "Job finished");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records one result event; the job id when it was new.
+async fn record(tx: &Transaction<'_>, e: &Event) -> Result<Option<i64>, HandlerError> {
+    let task: Option<i64> = e.extra[0].as_deref().and_then(|t| t.trim().parse().ok());
+    let result: Option<serde_json::Value> = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .filter(serde_json::Value::is_object);
+    let (Some(task), Some(result)) = (task, result) else {
+        tracing::warn!(ev_id = e.id, "Malformed result event");
+        tx.execute(
+            "insert into pgfan.dead_letter (source, queue_name, ev_id, ev_type, ev_data, ev_target, error)
+             values ('reducer', 'pgfan_results', $1, $2, $3, $4, 'pgfan: malformed result event')",
+            &[&e.id, &e.ev_type, &e.data, &e.extra[2]],
+        )
+        .await?;
+        return Ok(None);
+    };
+    let row = tx
+        .query_one(
+            "select pgfan.record_result($1, $2, $3)",
+            &[&task, &e.extra[2], &result],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Runs the reducer until Stop/Quit; `path` is re-read on Reload.
+pub async fn run(
+    path: Option<&Path>,
+    cfg: ReducerConfig,
+    control: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), ConsumerError> {
+    let (stop_expiry, stop) = watch::channel(false);
+    let expiry = tokio::spawn(expire_loop(cfg.master.clone(), cfg.expire_period, stop));
+    let load = path.map(|p| move || ReducerConfig::load(p).map_err(|e| e.to_string()));
+    let result = crate::service::run(
+        "reducer",
+        cfg,
+        load,
+        |c: &ReducerConfig| (c.consumer_options(), Reducer::default()),
+        control,
+    )
+    .await;
+    let _ = stop_expiry.send(true);
+    let _ = expiry.await;
+    result
+}
+
+async fn expire_loop(master: String, period: Duration, mut stop: watch::Receiver<bool>) {
+    let mut outage = Outage::new("expiry", "pgfan.expire_jobs".to_string());
+    loop {
+        let pause = match expire_session(&master, period, &mut stop, &mut outage).await {
+            Ok(()) => return,
+            Err(err) => outage.failed(&err),
+        };
+        if sleep_or_stop(pause, &mut stop).await {
+            return;
+        }
+    }
+}
+
+async fn expire_session(
+    master: &str,
+    period: Duration,
+    stop: &mut watch::Receiver<bool>,
+    outage: &mut Outage,
+) -> Result<(), tokio_postgres::Error> {
+    let client = crate::db::connect_client(master).await?;
+    outage.recovered();
+    loop {
+        let n: i32 = client
+            .query_one("select pgfan.expire_jobs()", &[])
+            .await?
+            .get(0);
+        if n > 0 {
+            tracing::info!(jobs = n, "Jobs past their deadline ended");
+        }
+        if sleep_or_stop(period, stop).await {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! `pgfan relay`: routes push events to the pull queues of their target nodes.
+//!
+//! A consumer of `push_queue` on the master. For each event it finds or creates the job,
+//! resolves the target to nodes, and writes one task row and one pull event per (node,
+//! payload) through `pgfan.route_job`, all in the batch's transaction, which also
+//! finishes the batch: a job is routed exactly once whatever is killed when.
+//!
+//! An event that cannot be routed (malformed data, unknown type or node, ...) is rolled
+//! back to a savepoint and recorded with `pgfan.reject_event`: its job fails with the
+//! reason and a dead letter keeps the event. The rest of the batch goes on.
+
+pub mod request;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio_postgres::Transaction;
+
+use crate::config::{self, ConfigError};
+use crate::consumer::{BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
+use crate::pgq::Event;
+use request::{Kind, Request, RequestError};
+
+/// Settings of `pgfan relay` (section `[relay]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// libpq connection string of the master database.
+    pub master: String,
+    /// The queue producers write to. Default `push_queue`.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Consumer name on that queue. Default `pgfan_relay`.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Polling fallback when no tick notification arrives. Default 1 s.
+    #[serde(default = "default_poll", deserialize_with = "config::duration")]
+    pub poll_period: Duration,
+}
+
+fn default_queue() -> String {
+    "push_queue".into()
+}
+
+fn default_consumer() -> String {
+    "pgfan_relay".into()
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Deserialize)]
+struct RelayFile {
+    relay: RelayConfig,
+}
+
+impl RelayConfig {
+    /// Defaults for the master at `master`.
+    pub fn new(master: impl Into<String>) -> RelayConfig {
+        RelayConfig {
+            master: master.into(),
+            queue: default_queue(),
+            consumer: default_consumer(),
+            poll_period: default_poll(),
+        }
+    }
+
+    /// Reads the `[relay]` section of a TOML or INI file.
+    pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
+        Ok(config::load::<RelayFile>(path)?.relay)
+    }
+
+    /// The consumer framework's options for this relay.
+    pub fn consumer_options(&self) -> ConsumerOptions {
+        let mut opts = ConsumerOptions::new(&self.master, &self.queue, &self.consumer);
+        opts.poll_period = self.poll_period;
+        opts
+    }
+}
+
+/// Runs the relay until Stop/Quit; `path` is re-read on Reload.
+pub async fn run(
+    path: Option<&Path>,
+    cfg: RelayConfig,
+    control: tokio::sync::mpsc::UnboundedReceiver<crate::signals::Control>,
+) -> Result<(), crate::consumer::ConsumerError> {
+    let load = path.map(|p| move || RelayConfig::load(p).map_err(|e| e.to_string()));
+    crate::service::run(
+        "relay",
+        cfg,
+        load,
+        |c: &RelayConfig| (c.consumer_options(), Relay::new(c)),
+        control,
+    )
+    .await
+}
+
+/// The relay's batch handler.
+pub struct Relay {
+    queue: String,
+}
+
+impl Relay {
+    pub fn new(cfg: &RelayConfig) -> Relay {
+        Relay {
+            queue: cfg.queue.clone(),
+        }
+    }
+
+    async fn route(&self, tx: &Transaction<'_>, e: &Event) -> Result<(), HandlerError> {
+        tx.batch_execute("savepoint pgfan_route").await?;
+        let error = match route_event(tx, &self.queue, e).await {
+            Ok(tasks) => {
+                tx.batch_execute("release savepoint pgfan_route").await?;
+                tracing::debug!(ev_id = e.id, tasks, "Routed");
+                return Ok(());
+            }
+            Err(Routing::Bad { job, error }) => (job, error),
+            Err(Routing::Db(err)) if is_request_error(&err) => {
+                let text = err
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| err.to_string());
+                (job_hint(e), text)
+            }
+            Err(Routing::Db(err)) => return Err(err.into()),
+        };
+        tx.batch_execute("rollback to savepoint pgfan_route").await?;
+        self.reject(tx, e, error.0, &error.1).await
+    }
+
+    async fn reject(
+        &self,
+        tx: &Transaction<'_>,
+        e: &Event,
+        job: Option<i64>,
+        error: &str,
+    ) -> Result<(), HandlerError> {
+        tracing::warn!(ev_id = e.id, job, error, "Event rejected");
+        tx.query_one(
+            "select pgfan.reject_event($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &self.queue,
+                &e.id,
+                &e.ev_type,
+                &e.data,
+                &e.extra[0],
+                &job,
+                &error,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl BatchHandler for Relay {
+    async fn events<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+        events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        for e in events {
+            self.route(tx, e).await?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// How routing one event went wrong.
+enum Routing {
+    /// The event itself is bad.
+    Bad { job: Option<i64>, error: String },
+    /// The database said no: bad input (a raised pgfan error) or trouble.
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Routing {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Routing::Db(e)
+    }
+}
+
+fn bad(job: Option<i64>, err: RequestError) -> Routing {
+    Routing::Bad {
+        job,
+        error: err.to_string(),
+    }
+}
+
+/// Errors raised by pgfan's SQL about the request (P0001 raise_exception) or its data
+/// (class 22, e.g. an invalid value) are the event's fault, not the database's.
+fn is_request_error(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|c| {
+        let c = c.code();
+        c == "P0001" || c.starts_with("22")
+    })
+}
+
+/// The job id a raw event names, for failing it when the event is otherwise unreadable.
+fn job_hint(e: &Event) -> Option<i64> {
+    let data = e.data.as_deref()?;
+    crate::urlenc::decode(data)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "job")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+async fn route_event(tx: &Transaction<'_>, queue: &str, e: &Event) -> Result<i32, Routing> {
+    let job_hint = job_hint(e);
+    let ev_type = e.ev_type.as_deref().unwrap_or("");
+    let kind = Kind::parse(ev_type).map_err(|err| bad(job_hint, err))?;
+    let data = e.data.as_deref().unwrap_or("");
+    let raw = Request::from_event(kind, data).map_err(|err| bad(job_hint, err))?;
+    let (job_id, req) = match raw.job {
+        Some(job_id) => (job_id, submitted_request(tx, job_id, kind).await?),
+        None => (create_job(tx, queue, e, &raw).await?, raw),
+    };
+    let lanes = req.lanes(job_id);
+    let row = tx
+        .query_one(
+            "select pgfan.route_job($1, $2, $3, $4)",
+            &[&job_id, &req.payloads, &lanes, &req.options()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The request stored by `pgfan.submit` for `job_id`.
+async fn submitted_request(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    kind: Kind,
+) -> Result<Request, Routing> {
+    let row = tx
+        .query_opt(
+            "select kind, params from pgfan.job where job_id = $1",
+            &[&job_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(Routing::Bad {
+            job: None,
+            error: format!("pgfan: the event names job {job_id}, which does not exist"),
+        });
+    };
+    let stored: String = row.get(0);
+    if stored != kind.name() {
+        let error = format!(
+            "pgfan: job {job_id} is a {stored} job but its event says {}",
+            kind.name()
+        );
+        return Err(Routing::Bad {
+            job: Some(job_id),
+            error,
+        });
+    }
+    let params: serde_json::Value = row.get(1);
+    Request::from_params(kind, &params).map_err(|err| bad(Some(job_id), err))
+}
+
+async fn create_job(
+    tx: &Transaction<'_>,
+    queue: &str,
+    e: &Event,
+    req: &Request,
+) -> Result<i64, Routing> {
+    let timeout = req.timeout.map(|t| format!("{} milliseconds", t.as_millis()));
+    let row = tx
+        .query_one(
+            "select pgfan.job_from_event($1, $2, $3, $4, $5, $6, $7, $8::text::interval)",
+            &[
+                &queue,
+                &e.id,
+                &req.kind.name(),
+                &e.extra[0],
+                &req.params_json(),
+                &req.reduce,
+                &req.policy,
+                &timeout,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,119 @@
+//! A consumer run as a daemon: control messages become stops and reloads.
+//!
+//! Stop lets the consumer finish its current batch (the framework stops only between
+//! batches) and returns; Quit returns at once, abandoning an open batch (PgQ hands it out
+//! again); Reload re-reads the configuration with `load` and, if it is valid and
+//! different, restarts the consumer with it at the next batch boundary. A bad file keeps
+//! the running configuration and is logged as an ERROR.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::consumer::{self, BatchHandler, ConsumerError, ConsumerOptions};
+use crate::signals::Control;
+
+/// What the daemon is told to do after its consumer returned.
+enum Next<C> {
+    Exit,
+    Restart(C),
+}
+
+/// Runs consumers built from `cfg` until Stop/Quit. `load` re-reads the configuration on
+/// Reload (None when the daemon was started without a file); `build` makes the consumer
+/// options and handler of a configuration.
+pub async fn run<C, H, L, B>(
+    name: &'static str,
+    mut cfg: C,
+    load: Option<L>,
+    build: B,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), ConsumerError>
+where
+    C: Clone + PartialEq + Debug + Send,
+    H: BatchHandler,
+    L: Fn() -> Result<C, String>,
+    B: Fn(&C) -> (ConsumerOptions, H),
+{
+    tracing::info!(daemon = name, "Started");
+    loop {
+        let (opts, mut handler) = build(&cfg);
+        let (stop_tx, stop) = watch::channel(false);
+        let work = consumer::run(&opts, &mut handler, stop);
+        match supervise(name, work, &stop_tx, &mut control, &cfg, load.as_ref()).await? {
+            Next::Exit => break,
+            Next::Restart(new) => cfg = new,
+        }
+    }
+    tracing::info!(daemon = name, "Stopped");
+    Ok(())
+}
+
+async fn supervise<C, L>(
+    name: &'static str,
+    work: impl Future<Output = Result<u64, ConsumerError>>,
+    stop_tx: &watch::Sender<bool>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    cfg: &C,
+    load: Option<&L>,
+) -> Result<Next<C>, ConsumerError>
+where
+    C: PartialEq + Debug,
+    L: Fn() -> Result<C, String>,
+{
+    tokio::pin!(work);
+    let mut next = None;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                done?;
+                return Ok(next.unwrap_or(Next::Exit));
+            }
+            msg = control.recv(), if listening => match msg {
+                Some(Control::Reload) => {
+                    if let Some(new) = reloaded(name, cfg, load) {
+                        next = Some(Next::Restart(new));
+                        let _ = stop_tx.send(true);
+                    }
+                }
+                Some(Control::Quit) => {
+                    tracing::info!(daemon = name, "Quit");
+                    return Ok(Next::Exit);
+                }
+                Some(Control::Stop) | None => {
+                    listening = msg.is_some();
+                    tracing::info!(daemon = name, "Stopping after the current batch");
+                    next = Some(Next::Exit);
+                    let _ = stop_tx.send(true);
+                }
+            }
+        }
+    }
+}
+
+fn reloaded<C, L>(name: &'static str, cfg: &C, load: Option<&L>) -> Option<C>
+where
+    C: PartialEq + Debug,
+    L: Fn() -> Result<C, String>,
+{
+    let Some(load) = load else {
+        tracing::warn!(daemon = name, "Reload requested, but there is no configuration file");
+        return None;
+    };
+    match load() {
+        Ok(new) if new == *cfg => {
+            tracing::info!(daemon = name, "Configuration unchanged");
+            None
+        }
+        Ok(new) => {
+            tracing::info!(daemon = name, "Configuration reloaded");
+            Some(new)
+        }
+        Err(error) => {
+            tracing::error!(daemon = name, error, "Configuration reload failed; keeping the running configuration");
+            None
+        }
+    }
+}

@@ -105,17 +105,22 @@ create table if not exists pgfan.dead_letter (
     error       text not null
 );
 
--- The pipeline's own queues. They tick as soon as they have events (ticker_max_lag 0):
--- pgfan's ticker notices new events within its poll period, so a task is not held back
--- by PgQ's default 3 s batching. Only set when the queue is new, to keep an operator's tuning.
+-- The pipeline's own queues and their consumers. They tick as soon as they have events
+-- (ticker_max_lag 0): pgfan's ticker notices new events within its poll period, so a task
+-- is not held back by PgQ's default 3 s batching; that is only set when the queue is new,
+-- to keep an operator's tuning. The relay and reducer are registered here, not when their
+-- daemons first start, so that jobs submitted before then are not skipped (a consumer
+-- registers at the latest tick).
 do $queues$
 declare
-    q text;
+    q record;
 begin
-    foreach q in array array['push_queue', 'pgfan_results'] loop
-        if pgq.create_queue(q) = 1 then
-            perform pgq.set_queue_config(q, 'ticker_max_lag', '0');
+    for q in select * from (values ('push_queue', 'pgfan_relay'),
+                                   ('pgfan_results', 'pgfan_reducer')) v(queue, consumer) loop
+        if pgq.create_queue(q.queue) = 1 then
+            perform pgq.set_queue_config(q.queue, 'ticker_max_lag', '0');
         end if;
+        perform pgq.register_consumer(q.queue, q.consumer);
     end loop;
 end
 $queues$;

@@ -127,7 +127,8 @@ impl Relay {
             }
             Err(Routing::Db(err)) => return Err(err.into()),
         };
-        tx.batch_execute("rollback to savepoint pgfan_route").await?;
+        tx.batch_execute("rollback to savepoint pgfan_route")
+            .await?;
         self.reject(tx, e, error.0, &error.1).await
     }
 
@@ -214,11 +215,15 @@ async fn route_event(tx: &Transaction<'_>, queue: &str, e: &Event) -> Result<i32
     let job_hint = job_hint(e);
     let ev_type = e.ev_type.as_deref().unwrap_or("");
     let kind = Kind::parse(ev_type).map_err(|err| bad(job_hint, err))?;
-    let data = e.data.as_deref().unwrap_or("");
-    let raw = Request::from_event(kind, data).map_err(|err| bad(job_hint, err))?;
-    let (job_id, req) = match raw.job {
+    let pairs = crate::urlenc::decode(e.data.as_deref().unwrap_or(""))
+        .map_err(|err| bad(job_hint, err.into()))?;
+    // pgfan.submit's events carry only job=<id>; the request is in the job row.
+    let (job_id, req) = match request::job_of(&pairs).map_err(|err| bad(None, err))? {
         Some(job_id) => (job_id, submitted_request(tx, job_id, kind).await?),
-        None => (create_job(tx, queue, e, &raw).await?, raw),
+        None => {
+            let req = Request::from_pairs(kind, pairs).map_err(|err| bad(None, err))?;
+            (create_job(tx, queue, e, &req).await?, req)
+        }
     };
     let lanes = req.lanes(job_id);
     let row = tx
@@ -269,7 +274,9 @@ async fn create_job(
     e: &Event,
     req: &Request,
 ) -> Result<i64, Routing> {
-    let timeout = req.timeout.map(|t| format!("{} milliseconds", t.as_millis()));
+    let timeout = req
+        .timeout
+        .map(|t| format!("{} milliseconds", t.as_millis()));
     let row = tx
         .query_one(
             "select pgfan.job_from_event($1, $2, $3, $4, $5, $6, $7, $8::text::interval)",

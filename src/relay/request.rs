@@ -24,7 +24,10 @@ pub enum RequestError {
     #[error("pgfan: unknown event type {0:?} (expected sql, call or copy)")]
     UnknownKind(String),
     #[error("pgfan: {kind} event without {key}=")]
-    Missing { kind: &'static str, key: &'static str },
+    Missing {
+        kind: &'static str,
+        key: &'static str,
+    },
     #[error("pgfan: {key}= given more than once")]
     Repeated { key: &'static str },
     #[error("pgfan: invalid {key}={value:?}: {why}")]
@@ -102,18 +105,15 @@ impl Request {
         Request::from_pairs(kind, pairs)
     }
 
-    fn from_pairs(kind: Kind, pairs: Vec<(String, String)>) -> Result<Request, RequestError> {
+    /// Checks decoded key/value pairs.
+    pub fn from_pairs(kind: Kind, pairs: Vec<(String, String)>) -> Result<Request, RequestError> {
         let one = |key: &'static str| single(&pairs, key);
-        let job = one("job")?
-            .map(|v| parse_num(v, "job", "not a job id"))
-            .transpose()?;
+        let job = job_of(&pairs)?;
         let parallel = one("parallel")?
             .map(|v| parse_num(v, "parallel", "not a positive integer"))
             .transpose()?
             .map(|p: i64| u32::try_from(p).ok().filter(|p| *p > 0))
-            .map(|p| {
-                p.ok_or_else(|| invalid("parallel", "", "not a positive integer"))
-            })
+            .map(|p| p.ok_or_else(|| invalid("parallel", "", "not a positive integer")))
             .transpose()?;
         let timeout = one("timeout")?
             .map(|v| {
@@ -195,15 +195,23 @@ fn payloads(kind: Kind, pairs: &[(String, String)]) -> Result<Vec<String>, Reque
                 .map(|s| urlenc::encode([("sql", s)]))
                 .collect();
             if sqls.is_empty() {
-                return Err(RequestError::Missing { kind: "sql", key: "sql" });
+                return Err(RequestError::Missing {
+                    kind: "sql",
+                    key: "sql",
+                });
             }
             Ok(sqls)
         }
         Kind::Call => {
-            let func = single(pairs, "fn")?
-                .filter(|f| !f.is_empty())
-                .ok_or(RequestError::Missing { kind: "call", key: "fn" })?;
-            let call = std::iter::once(("fn", func)).chain(values(pairs, "arg").map(|a| ("arg", a)));
+            let func =
+                single(pairs, "fn")?
+                    .filter(|f| !f.is_empty())
+                    .ok_or(RequestError::Missing {
+                        kind: "call",
+                        key: "fn",
+                    })?;
+            let call =
+                std::iter::once(("fn", func)).chain(values(pairs, "arg").map(|a| ("arg", a)));
             Ok(vec![urlenc::encode(call)])
         }
         Kind::Copy => Ok(vec![copy_payload(pairs)?]),
@@ -219,8 +227,10 @@ fn values<'a>(pairs: &'a [(String, String)], key: &'a str) -> impl Iterator<Item
 }
 
 fn copy_payload(pairs: &[(String, String)]) -> Result<String, RequestError> {
-    let action = single(pairs, "action")?
-        .ok_or(RequestError::Missing { kind: "copy", key: "action" })?;
+    let action = single(pairs, "action")?.ok_or(RequestError::Missing {
+        kind: "copy",
+        key: "action",
+    })?;
     if !matches!(action, "ins" | "upd" | "del") {
         return Err(invalid("action", action, "must be ins, upd or del"));
     }
@@ -240,9 +250,22 @@ fn copy_payload(pairs: &[(String, String)]) -> Result<String, RequestError> {
     Ok(urlenc::encode(out))
 }
 
+/// The job id named by `job=`, if any.
+pub fn job_of(pairs: &[(String, String)]) -> Result<Option<i64>, RequestError> {
+    single(pairs, "job")?
+        .map(|v| parse_num(v, "job", "not a job id"))
+        .transpose()
+}
+
 /// The value of a key that may appear at most once.
-fn single<'a>(pairs: &'a [(String, String)], key: &'static str) -> Result<Option<&'a str>, RequestError> {
-    let mut found = pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+fn single<'a>(
+    pairs: &'a [(String, String)],
+    key: &'static str,
+) -> Result<Option<&'a str>, RequestError> {
+    let mut found = pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str());
     let first = found.next();
     if found.next().is_some() {
         return Err(RequestError::Repeated { key });

@@ -2,7 +2,9 @@
 --
 -- Each node gets a queue of its own, pgfan_node_<name>, so a node that is down only lets
 -- its own queue grow, and a node's credentials can later be limited to its own queue.
--- Re-adding an existing node re-activates it. Returns the queue name.
+-- The node daemon's consumer (named like the queue) is registered now, so tasks routed
+-- before the daemon first starts wait for it. Re-adding an existing node re-activates it.
+-- Returns the queue name.
 create or replace function pgfan.node_add(i_node_name text, i_workers integer default null)
 returns text as $$
 declare
@@ -15,6 +17,7 @@ begin
     if pgq.create_queue(v_queue) = 1 then
         perform pgq.set_queue_config(v_queue, 'ticker_max_lag', '0');
     end if;
+    perform pgq.register_consumer(v_queue, v_queue);
     return v_queue;
 end;
 $$ language plpgsql

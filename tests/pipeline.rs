@@ -1,0 +1,645 @@
+//! The master side of the pipeline: the relay's routing and the reducer's bookkeeping,
+//! against real PostgreSQL with the in-process ticker. Node daemons are exercised end to
+//! end in tests/e2e.rs; here result events are produced in the documented result format
+//! (docs/pipeline.md) so that each reducer rule can be checked on its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{eventually, start_ticker, ticker_config, Backend, TestDb};
+use pgfan::reducer::ReducerConfig;
+use pgfan::relay::RelayConfig;
+use pgfan::signals::Control;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// The ticker plus one master daemon, stopped with `stop()`.
+struct Running {
+    ticker: (mpsc::UnboundedSender<Control>, JoinHandle<()>),
+    daemon: (mpsc::UnboundedSender<Control>, JoinHandle<()>),
+}
+
+impl Running {
+    async fn stop(self) {
+        for (ctl, handle) in [self.daemon, self.ticker] {
+            ctl.send(Control::Stop).unwrap();
+            handle.await.unwrap();
+        }
+    }
+}
+
+fn relay(db: &TestDb) -> Running {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cfg = RelayConfig::new(&db.conninfo);
+    let handle = tokio::spawn(async move {
+        pgfan::relay::run(None, cfg, rx).await.expect("relay runs");
+    });
+    Running {
+        ticker: start_ticker(ticker_config(db)),
+        daemon: (tx, handle),
+    }
+}
+
+fn reducer(db: &TestDb) -> Running {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut cfg = ReducerConfig::new(&db.conninfo);
+    cfg.expire_period = std::time::Duration::from_millis(100);
+    let handle = tokio::spawn(async move {
+        pgfan::reducer::run(None, cfg, rx)
+            .await
+            .expect("reducer runs");
+    });
+    Running {
+        ticker: start_ticker(ticker_config(db)),
+        daemon: (tx, handle),
+    }
+}
+
+/// A master with nodes n1..n3 and a 4-partition hash map.
+async fn master(backend: Backend) -> (TestDb, Client) {
+    let db = TestDb::new(backend).await;
+    let c = db.connect().await;
+    c.batch_execute(
+        "select pgfan.node_add('n1'), pgfan.node_add('n2'), pgfan.node_add('n3');
+         select pgfan.set_partitions(4);",
+    )
+    .await
+    .unwrap();
+    (db, c)
+}
+
+async fn raw(
+    c: &impl tokio_postgres::GenericClient,
+    kind: &str,
+    data: &str,
+    target: Option<&str>,
+) -> i64 {
+    c.query_one(
+        "select pgq.insert_event('push_queue', $1, $2, $3, null, null, null)",
+        &[&kind, &data, &target],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The job a raw event became.
+async fn job_of_event(c: &Client, ev_id: i64) -> i64 {
+    c.query_one(
+        "select job_id from pgfan.job where source_queue = 'push_queue' and source_ev_id = $1",
+        &[&ev_id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// (node, lane, payload, options) of each task of `job`, in task order.
+async fn tasks(c: &Client, job: i64) -> Vec<(String, Option<String>, String, Option<String>)> {
+    c.query(
+        "select node_name, lane, payload, options from pgfan.task where job_id = $1 order by task_id",
+        &[&job],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+/// Pull events queued for `node`: task id -> (ev_type, ev_data, job, lane, options).
+async fn pull_events(
+    c: &Client,
+    node: &str,
+) -> BTreeMap<i64, (String, String, String, Option<String>, Option<String>)> {
+    let table: String = c
+        .query_one(
+            "select queue_data_pfx from pgq.queue where queue_name = 'pgfan_node_' || $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.query(
+        &format!(
+            "select ev_extra1, ev_type, ev_data, ev_extra2, ev_extra3, ev_extra4 from {table}"
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let task: String = r.get(0);
+        (
+            task.parse().unwrap(),
+            (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
+        )
+    })
+    .collect()
+}
+
+async fn routing_resolves_every_target_kind(backend: Backend) {
+    let (db, c) = master(backend).await;
+    let one = raw(&c, "sql", "sql=select+1", Some("n2")).await;
+    let list = raw(&c, "sql", "sql=select+2", Some("n3, n1")).await;
+    let all = raw(&c, "call", "fn=f&arg=b&arg=a&lane=L", Some("all")).await;
+    let any = raw(
+        &c,
+        "copy",
+        "action=ins&id=1&name=x&timeout=2s&tx=0",
+        Some("any"),
+    )
+    .await;
+    let hash = raw(&c, "sql", "sql=select+3", Some("hash:customer-42")).await;
+    let submitted: i64 = c
+        .query_one(
+            "select pgfan.run_parallel(array['select 1', 'select 2', 'select 3'], 2, 'n1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let running = relay(&db);
+    eventually(
+        &db,
+        "select count(*) = 6 from pgfan.job where state <> 'submitted'",
+    )
+    .await;
+    let failed: Vec<String> = c
+        .query("select error from pgfan.job where state <> 'running'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    running.stop().await;
+
+    let nodes = |t: &[(String, Option<String>, String, Option<String>)]| -> Vec<String> {
+        t.iter().map(|x| x.0.clone()).collect()
+    };
+    assert_eq!(nodes(&tasks(&c, job_of_event(&c, one).await).await), ["n2"]);
+    assert_eq!(
+        nodes(&tasks(&c, job_of_event(&c, list).await).await),
+        ["n3", "n1"]
+    );
+    let all_tasks = tasks(&c, job_of_event(&c, all).await).await;
+    assert_eq!(nodes(&all_tasks), ["n1", "n2", "n3"]);
+    assert!(all_tasks
+        .iter()
+        .all(|t| t.1.as_deref() == Some("L") && t.2 == "fn=f&arg=b&arg=a"));
+    let any_tasks = tasks(&c, job_of_event(&c, any).await).await;
+    assert_eq!(any_tasks.len(), 1);
+    assert_eq!(
+        any_tasks[0].2, "action=ins&id=1&name=x",
+        "options are not columns"
+    );
+    assert_eq!(any_tasks[0].3.as_deref(), Some("timeout_ms=2000&tx=0"));
+    let owner: String = c
+        .query_one(
+            "select node_name from pgfan.partition
+              where part_no = hashtext('customer-42') & 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        nodes(&tasks(&c, job_of_event(&c, hash).await).await),
+        [owner]
+    );
+    let par = tasks(&c, submitted).await;
+    let lanes: Vec<Option<String>> = par.iter().map(|t| t.1.clone()).collect();
+    let lane = |i| Some(format!("{submitted}:{i}"));
+    assert_eq!(lanes, [lane(0), lane(1), lane(0)], "parallel 2 = two lanes");
+
+    // Every task is exactly one pull event in its node's queue, carrying the task.
+    let mut total = 0;
+    for node in ["n1", "n2", "n3"] {
+        let events = pull_events(&c, node).await;
+        let rows = c
+            .query(
+                "select task_id, kind, payload, job_id::text, lane, options from pgfan.task
+                  where node_name = $1",
+                &[&node],
+            )
+            .await
+            .unwrap();
+        assert_eq!(events.len(), rows.len(), "{node}");
+        for r in rows {
+            let ev = &events[&r.get::<_, i64>(0)];
+            assert_eq!((&ev.0, &ev.1, &ev.2), (&r.get(1), &r.get(2), &r.get(3)));
+            assert_eq!((&ev.3, &ev.4), (&r.get(4), &r.get(5)));
+        }
+        total += events.len();
+    }
+    assert_eq!(total, 1 + 2 + 3 + 1 + 1 + 3);
+}
+
+async fn bad_events_fail_their_job_and_the_rest_goes_on(backend: Backend) {
+    let (db, c) = master(backend).await;
+    c.batch_execute("select pgfan.node_disable('n3')")
+        .await
+        .unwrap();
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        (
+            "shell",
+            "cmd=ls",
+            Some("n1"),
+            "unknown event type \"shell\"",
+        ),
+        ("sql", "sql=%zz", Some("n1"), "malformed percent-encoding"),
+        ("sql", "sql=%ff", Some("n1"), "invalid UTF-8"),
+        ("sql", "sql=a%00b", Some("n1"), "NUL byte"),
+        ("sql", "sql=select+1", Some("n9"), "unknown node n9"),
+        ("sql", "sql=select+1", None, "has no target"),
+        ("sql", "sql=select+1", Some("n3"), "node n3 is disabled"),
+        ("sql", "lane=x", Some("n1"), "sql event without sql="),
+        ("call", "arg=1", Some("n1"), "call event without fn="),
+        ("copy", "id=1", Some("n1"), "copy event without action="),
+        (
+            "copy",
+            "action=ins",
+            Some("n1"),
+            "copy event without column values",
+        ),
+        (
+            "sql",
+            "sql=select+1&policy=most",
+            Some("n1"),
+            "invalid policy",
+        ),
+        (
+            "sql",
+            "sql=select+1&timeout=soon",
+            Some("n1"),
+            "invalid timeout",
+        ),
+        (
+            "sql",
+            "sql=select+1&job=999999",
+            Some("n1"),
+            "job 999999, which does not exist",
+        ),
+    ];
+    let mut tx_client = db.connect().await;
+    let tx = tx_client.transaction().await.unwrap();
+    let mut evs = Vec::new();
+    for (kind, data, target, _) in cases {
+        evs.push(raw(&tx, kind, data, *target).await);
+    }
+    let good = raw(&tx, "sql", "sql=select+1", Some("n1")).await;
+    tx.commit().await.unwrap();
+
+    let running = relay(&db);
+    // The whole producer transaction is one batch: once the good event is routed, all are.
+    eventually(
+        &db,
+        &format!("select exists (select 1 from pgfan.job where source_ev_id = {good})"),
+    )
+    .await;
+    let good_job: (i64, String) = c
+        .query_one(
+            "select job_id, state from pgfan.job where source_ev_id = $1",
+            &[&good],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    running.stop().await;
+    assert_eq!(
+        good_job.1, "running",
+        "the good event in the same batch is routed"
+    );
+
+    for ((kind, data, _, want), ev) in cases.iter().zip(&evs) {
+        let row = c
+            .query_one(
+                "select d.error, d.ev_data, d.ev_type from pgfan.dead_letter d
+                  where d.source = 'relay' and d.ev_id = $1",
+                &[ev],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("no dead letter for {kind} {data}: {e}"));
+        let error: String = row.get(0);
+        assert!(error.contains(want), "{kind} {data}: {error}");
+        assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some(*data));
+        if !data.contains("job=") {
+            let (state, job_error): (String, String) = c
+                .query_one(
+                    "select state, error from pgfan.job where source_ev_id = $1",
+                    &[ev],
+                )
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+            assert_eq!(
+                (state.as_str(), job_error.as_str()),
+                ("failed", error.as_str())
+            );
+        }
+    }
+    let routed: i64 = c
+        .query_one("select count(*) from pgfan.task", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(routed, 1, "only the good event made a task");
+}
+
+async fn submit_checks_what_it_can_at_once(backend: Backend) {
+    let (_db, c) = master(backend).await;
+    for (sql, want) in [
+        ("select pgfan.submit('n9', 'select 1')", "unknown node n9"),
+        ("select pgfan.submit('n1')", "nothing to run"),
+        (
+            "select pgfan.submit('n1', 'select 1', policy => 'some')",
+            "policy must be",
+        ),
+        (
+            "select pgfan.submit('n1', 'select 1', call => 'f')",
+            "not both",
+        ),
+    ] {
+        let err = c.query_one(sql, &[]).await.unwrap_err();
+        assert!(common::db_message(&err).contains(want), "{sql}: {err}");
+    }
+    // A job submitted in a rolled-back transaction never existed.
+    let mut c2 = _db.connect().await;
+    let tx = c2.transaction().await.unwrap();
+    tx.query_one("select pgfan.submit('n1', 'select 1')", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let jobs: i64 = c
+        .query_one("select count(*) from pgfan.job", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 0);
+}
+
+/// Ships a result event for `task` as node daemons do.
+async fn ship(c: &Client, task: i64, node: &str, result: serde_json::Value) {
+    let job: i64 = c
+        .query_one("select job_id from pgfan.task where task_id = $1", &[&task])
+        .await
+        .unwrap()
+        .get(0);
+    c.query_one(
+        "select pgq.insert_event('pgfan_results', 'result', $1, $2, $3, $4, null)",
+        &[
+            &result.to_string(),
+            &task.to_string(),
+            &job.to_string(),
+            &node,
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+/// Submits and routes (through pgfan.route_job, as the relay does) a job; its task ids.
+async fn routed_job(c: &Client, target: &str, sql: &str, extra: &str) -> (i64, Vec<(i64, String)>) {
+    let job: i64 = c
+        .query_one(
+            &format!("select pgfan.submit($1, $2 {extra})"),
+            &[&target, &sql],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let payload = format!("sql={}", sql.replace(' ', "+"));
+    c.query_one(
+        "select pgfan.route_job($1, array[$2], array[null::text], null)",
+        &[&job, &payload],
+    )
+    .await
+    .unwrap();
+    let ids = c
+        .query(
+            "select task_id, node_name from pgfan.task where job_id = $1 order by node_name",
+            &[&job],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    (job, ids)
+}
+
+fn done(columns: &[&str], types: &[&str], rows: serde_json::Value) -> serde_json::Value {
+    json!({"state": "done", "error": null, "columns": columns, "types": types, "rows": rows})
+}
+
+async fn job_state(c: &Client, job: i64) -> (String, Option<String>) {
+    let r = c
+        .query_one(
+            "select state, error from pgfan.job where job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+async fn reducer_records_once_and_applies_policies(backend: Backend) {
+    let (db, c) = master(backend).await;
+    // avg from per-node (sum, count): (10+20+60)/(1+1+4) = 15, not the mean of means.
+    let (avg, t) = routed_job(
+        &c,
+        "all",
+        "select sum(v) s, count(*) c from t",
+        ", reduce => 'avg'",
+    )
+    .await;
+    let partial = |s: &str, n: &str| done(&["s", "c"], &["numeric", "bigint"], json!([[s, n]]));
+    ship(&c, t[0].0, &t[0].1, partial("10", "1")).await;
+    ship(&c, t[1].0, &t[1].1, partial("20", "1")).await;
+    ship(&c, t[1].0, &t[1].1, partial("999", "1")).await; // re-shipped: must not count
+    ship(&c, t[2].0, &t[2].1, partial("60", "4")).await;
+    ship(&c, t[2].0, "n1", partial("1", "1")).await; // wrong node: dead letter
+                                                     // all: one failed task fails the job with the node's error.
+    let (failing, f) = routed_job(&c, "all", "select 1/0", "").await;
+    ship(
+        &c,
+        f[0].0,
+        &f[0].1,
+        done(&["x"], &["integer"], json!([["1"]])),
+    )
+    .await;
+    let failed = json!({"state": "failed", "error": "22012: division by zero", "columns": [], "types": [], "rows": []});
+    ship(&c, f[1].0, &f[1].1, failed).await;
+    // k:2 is done after two results; concat keeps every partial row, typed.
+    let (k2, k) = routed_job(&c, "all", "select id, name from t", ", policy => 'k:2'").await;
+    let rows = |id: &str, name: Option<&str>| {
+        done(&["id", "name"], &["integer", "text"], json!([[id, name]]))
+    };
+    ship(&c, k[0].0, &k[0].1, rows("1", Some("a b"))).await;
+    ship(&c, k[2].0, &k[2].1, rows("3", None)).await;
+    // a deadline that passes with nothing shipped
+    let (late, _) = routed_job(&c, "n1", "select pg_sleep(60)", ", timeout => '200 ms'").await;
+
+    let running = reducer(&db);
+    for job in [avg, failing, k2, late] {
+        eventually(
+            &db,
+            &format!("select state in ('done', 'failed') from pgfan.job where job_id = {job}"),
+        )
+        .await;
+    }
+    running.stop().await;
+
+    assert_eq!(job_state(&c, avg).await, ("done".into(), None));
+    let result: Vec<serde_json::Value> = c
+        .query("select * from pgfan.result($1)", &[&avg])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(result.len(), 1);
+    assert_eq!(result[0]["avg"].as_f64(), Some(15.0), "{result:?}");
+    let s: Vec<String> = c
+        .query("select vals[1] from pgfan.task_row r join pgfan.task using (task_id) where job_id = $1 order by 1", &[&avg])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(s, ["10", "20", "60"], "each task recorded once");
+    let wrong_node: i64 = c
+        .query_one(
+            "select count(*) from pgfan.dead_letter where source = 'reducer' and error like '%came from node n1%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong_node, 1);
+
+    let (state, error) = job_state(&c, failing).await;
+    assert_eq!(state, "failed");
+    assert!(error.unwrap().contains("division by zero"));
+    let err = c
+        .query("select * from pgfan.result($1)", &[&failing])
+        .await
+        .unwrap_err();
+    assert!(common::db_message(&err).contains("is failed"));
+
+    assert_eq!(job_state(&c, k2).await.0, "done");
+    let rows: Vec<serde_json::Value> = c
+        .query("select * from pgfan.result($1)", &[&k2])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"id": 1, "name": "a b"}),
+            json!({"id": 3, "name": null})
+        ]
+    );
+    let cancelled: i64 = c
+        .query_one(
+            "select count(*) from pgfan.task where job_id = $1 and state = 'cancelled'",
+            &[&k2],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cancelled, 1, "the task no longer needed is cancelled");
+
+    let (state, error) = job_state(&c, late).await;
+    assert_eq!(
+        (state.as_str(), error.as_deref()),
+        ("failed", Some("timeout: 0 of 1 tasks done"))
+    );
+}
+
+async fn wait_and_cancel(backend: Backend) {
+    let (db, c) = master(backend).await;
+    let (job, t) = routed_job(&c, "n1", "select 1 as one", "").await;
+    let waiter = {
+        let c = db.connect().await;
+        tokio::spawn(async move {
+            c.query_one("select pgfan.wait($1, '20 s')", &[&job])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        })
+    };
+    ship(
+        &c,
+        t[0].0,
+        "n1",
+        done(&["one"], &["integer"], json!([["1"]])),
+    )
+    .await;
+    let running = reducer(&db);
+    assert_eq!(waiter.await.unwrap(), "done");
+    running.stop().await;
+    let summary: String = c
+        .query_one("select pgfan.job_summary($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(summary, "done: 1 of 1 done");
+
+    let (job, _) = routed_job(&c, "all", "select pg_sleep(10)", "").await;
+    let cancelled: bool = c
+        .query_one("select pgfan.cancel($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    let ids: Vec<i64> = c
+        .query("select task_id from pgfan.task where job_id = $1", &[&job])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let seen: Vec<i64> = c
+        .query("select * from pgfan.cancelled_tasks('n2', $1)", &[&ids])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen.len(), 1, "n2 learns that its task was cancelled");
+    let status: Vec<(String, i32)> = c
+        .query(
+            "select node_name, cancelled from pgfan.job_status($1)",
+            &[&job],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        status,
+        [("n1".into(), 1), ("n2".into(), 1), ("n3".into(), 1)]
+    );
+    let err = c
+        .query_one("select pgfan.wait(pgfan.submit('n1', 'select 1'))", &[])
+        .await
+        .unwrap_err();
+    assert!(common::db_message(&err).contains("commit first"));
+}
+
+both_backends!(
+    routing_resolves_every_target_kind,
+    bad_events_fail_their_job_and_the_rest_goes_on,
+    submit_checks_what_it_can_at_once,
+    reducer_records_once_and_applies_policies,
+    wait_and_cancel,
+);

@@ -42,12 +42,21 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
         .add_source(
             config::Environment::with_prefix("PGFAN")
                 .prefix_separator("_")
-                .separator("__"),
+                .separator("__")
+                .source(Some(overrides())),
         )
         .build()
         .map_err(load_err)?
         .try_deserialize()
         .map_err(load_err)
+}
+
+/// The `PGFAN_<SECTION>__<KEY>` variables. Others with the prefix, such as `PGFAN_LOG`,
+/// are not settings and would otherwise be read as unknown top-level keys.
+fn overrides() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("PGFAN_") && k["PGFAN_".len()..].contains("__"))
+        .collect()
 }
 
 /// Parses `10ms`, `1.5s`, `2m`, `1h`, `1d`, or a bare number of seconds.

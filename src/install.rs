@@ -24,6 +24,8 @@ pub enum Role {
     Master,
     /// A node: the exactly-once ledger and the local task table.
     Node,
+    /// Only the queue core and the ledger: plain PgQ use, or a producer database.
+    Queue,
 }
 
 impl Role {
@@ -31,6 +33,7 @@ impl Role {
         match self {
             Role::Master => &["pgq", "pgq_ext", "pgfan"],
             Role::Node => &["pgq_ext", "pgfan_node"],
+            Role::Queue => &["pgq", "pgq_ext"],
         }
     }
 }

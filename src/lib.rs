@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod install;
 pub mod ledger;
+pub mod node;
 pub mod outage;
 pub mod pgq;
 pub mod print_consumer;

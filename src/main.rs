@@ -55,6 +55,15 @@ enum Cmd {
         #[arg(long)]
         check_config: bool,
     },
+    /// Run one node: claim its tasks from the master, execute them, ship the results.
+    Node {
+        /// Configuration file (.toml or .ini, section [node]).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Consume a queue with the consumer framework and print its events as JSON lines.
     Consume {
         /// libpq connection string of the queue database.
@@ -128,6 +137,20 @@ async fn main() -> Result<()> {
             let control = pgfan::signals::listen()?;
             pgfan::reducer::run(Some(&config), cfg, control).await?;
         }
+        Cmd::Node {
+            config,
+            check_config,
+        } => {
+            let cfg = pgfan::node::NodeConfig::load(&config)?;
+            if check_config {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            init_logging(cfg.logfile.as_deref())?;
+            let _pid = cfg.pidfile.as_deref().map(PidFile::create).transpose()?;
+            let control = pgfan::signals::listen()?;
+            pgfan::node::run(Some(config), cfg, control).await?;
+        }
         Cmd::Consume {
             db,
             queue,
@@ -142,7 +165,8 @@ async fn main() -> Result<()> {
             pgfan::print_consumer::run(opts, pgfan::signals::listen()?).await?;
         }
         Cmd::Demo => {
-            init_logging(None)?;
+            // The demo prints its own steps; the daemons inside it log only trouble.
+            init_logging_at(None, "warn")?;
             pgfan::demo::run(pgfan::demo::DemoOptions::default()).await?;
         }
     }
@@ -151,7 +175,12 @@ async fn main() -> Result<()> {
 
 /// Logs to stderr (journald picks it up under systemd), or appends to `logfile`.
 fn init_logging(logfile: Option<&Path>) -> Result<()> {
-    let filter = EnvFilter::try_from_env("PGFAN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(logfile, "info")
+}
+
+/// Like [`init_logging`], with `default` as the level when `PGFAN_LOG` is not set.
+fn init_logging_at(logfile: Option<&Path>, default: &str) -> Result<()> {
+    let filter = EnvFilter::try_from_env("PGFAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match logfile {
         Some(path) => {
@@ -165,7 +194,10 @@ fn init_logging(logfile: Option<&Path>) -> Result<()> {
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }

@@ -31,7 +31,8 @@ impl Outage {
     }
 
     /// Records a failure; returns the delay to wait before the next attempt.
-    pub fn failed(&mut self, err: &dyn std::fmt::Display) -> Duration {
+    pub fn failed(&mut self, err: &dyn std::error::Error) -> Duration {
+        let err = chain(err);
         self.attempts += 1;
         if self.since.is_none() {
             self.since = Some(Instant::now());
@@ -69,4 +70,20 @@ pub async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> boo
         _ = tokio::time::sleep(d) => *stop.borrow(),
         r = stop.changed() => r.is_err() || *stop.borrow(),
     }
+}
+
+/// An error with its sources ("db error: ERROR: ..."), since tokio-postgres' own text
+/// alone ("db error") does not say what happened.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }

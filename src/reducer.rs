@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Transaction;
 
 use crate::config::{self, ConfigError};
-use crate::consumer::{BatchHandler, BatchRef, ConsumerError, ConsumerOptions, HandlerError, RetryEvent};
+use crate::consumer::{
+    BatchHandler, BatchRef, ConsumerError, ConsumerOptions, HandlerError, RetryEvent,
+};
 use crate::outage::{sleep_or_stop, Outage};
 use crate::pgq::Event;
 use crate::signals::Control;
@@ -122,7 +124,7 @@ impl BatchHandler for Reducer {
                 .await?
                 .get(0);
             if let Some(state) = state {
-                tracing::info!(job, state, "Job finished");
+                tracing::debug!(job, state, "Job finished");
             }
         }
         Ok(())

@@ -99,7 +99,10 @@ where
     L: Fn() -> Result<C, String>,
 {
     let Some(load) = load else {
-        tracing::warn!(daemon = name, "Reload requested, but there is no configuration file");
+        tracing::warn!(
+            daemon = name,
+            "Reload requested, but there is no configuration file"
+        );
         return None;
     };
     match load() {
@@ -112,7 +115,11 @@ where
             Some(new)
         }
         Err(error) => {
-            tracing::error!(daemon = name, error, "Configuration reload failed; keeping the running configuration");
+            tracing::error!(
+                daemon = name,
+                error,
+                "Configuration reload failed; keeping the running configuration"
+            );
             None
         }
     }

@@ -58,7 +58,10 @@ async fn changed_sql_is_reapplied_as_an_upgrade() {
     );
     assert_eq!(object_counts(&client).await, before);
     let kept: i64 = client
-        .query_one("select count(*) from pgq.queue where queue_name = 'kept'", &[])
+        .query_one(
+            "select count(*) from pgq.queue where queue_name = 'kept'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

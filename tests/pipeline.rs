@@ -60,7 +60,7 @@ fn reducer(db: &TestDb) -> Running {
 
 /// A master with nodes n1..n3 and a 4-partition hash map.
 async fn master(backend: Backend) -> (TestDb, Client) {
-    let db = TestDb::new(backend).await;
+    let db = TestDb::master(backend).await;
     let c = db.connect().await;
     c.batch_execute(
         "select pgfan.node_add('n1'), pgfan.node_add('n2'), pgfan.node_add('n3');
@@ -643,3 +643,27 @@ both_backends!(
     reducer_records_once_and_applies_policies,
     wait_and_cancel,
 );
+
+#[test]
+fn example_relay_and_reducer_configs_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc");
+    for ext in ["toml", "ini"] {
+        let relay = RelayConfig::load(&root.join(format!("relay.{ext}"))).unwrap();
+        assert_eq!(relay.queue, "push_queue", "relay.{ext}");
+        assert!(relay.master.contains("dbname=app"), "relay.{ext}");
+        let reducer = ReducerConfig::load(&root.join(format!("reducer.{ext}"))).unwrap();
+        assert_eq!(
+            reducer.expire_period,
+            std::time::Duration::from_secs(1),
+            "reducer.{ext}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("relay.toml");
+    std::fs::write(&bad, "[relay]\nmaster = \"x\"\nqueue_name = \"q\"\n").unwrap();
+    let err = RelayConfig::load(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("queue_name") && err.contains("relay.toml"),
+        "{err}"
+    );
+}

@@ -79,8 +79,17 @@ impl TestDb {
         }
     }
 
-    /// A new database with the queue core of `backend` installed as a pgfan master.
+    /// A new database with the queue core of `backend` (and pgq_ext) only.
     pub async fn new(backend: Backend) -> TestDb {
+        Self::with_role(backend, Role::Queue).await
+    }
+
+    /// A new pgfan master on the queue core of `backend`.
+    pub async fn master(backend: Backend) -> TestDb {
+        Self::with_role(backend, Role::Master).await
+    }
+
+    async fn with_role(backend: Backend, role: Role) -> TestDb {
         let mut db = Self::empty().await;
         db.backend = backend;
         let mut client = db.connect().await;
@@ -99,7 +108,7 @@ impl TestDb {
                 .await
                 .expect("create extension pgq");
         }
-        install::install(&mut client, Role::Master)
+        install::install(&mut client, role)
             .await
             .expect("pgfan install");
         db

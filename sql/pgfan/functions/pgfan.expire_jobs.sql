@@ -1,8 +1,9 @@
 -- pgfan.expire_jobs(): fail the jobs whose deadline (submit time + timeout) has passed.
 --
 -- A job that can still be completed by its policy is completed; otherwise it fails with
--- how far it got ("timeout: 2 of 3 tasks done") and its open tasks are cancelled. The
--- reducer calls this periodically. Returns the number of jobs ended.
+-- how far it got ("timeout: 2 of 3 tasks done"), recorded as a dead letter too, and its
+-- open tasks are cancelled. The reducer calls this periodically. Returns the number of
+-- jobs ended.
 create or replace function pgfan.expire_jobs()
 returns integer as $$
 declare
@@ -19,6 +20,9 @@ begin
            for update of j skip locked
     loop
         if pgfan.complete_job(v_job.job_id) is null then
+            insert into pgfan.dead_letter (source, job_id, error)
+            values ('reducer', v_job.job_id,
+                    format('timeout: %s of %s tasks done', v_job.done, v_job.total));
             perform pgfan.finish_job(v_job.job_id, 'failed',
                 format('timeout: %s of %s tasks done', v_job.done, v_job.total));
         end if;

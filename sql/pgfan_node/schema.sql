@@ -1,0 +1,43 @@
+-- pgfan_node schema: the node's local task table (docs/pipeline.md).
+--
+-- The node daemon copies the events of its pull queue into pgfan_node.task in the same
+-- node transaction as the pgq_ext ledger entry of the batch (claim, exactly once), runs the
+-- tasks from here (a transactional task commits its effect together with its done+result
+-- row), and ships finished rows to the master's pgfan_results queue (shipped_at).
+--
+-- Everything is idempotent because `pgfan install` re-runs this file on every upgrade.
+
+create schema if not exists pgfan_node;
+
+create table if not exists pgfan_node.task (
+    task_id     bigint primary key,
+    -- null only when the pull event carried an unreadable job id (the task is then failed)
+    job_id      bigint,
+    kind        text not null,
+    data        text not null default '',
+    lane        text,
+    timeout_ms  integer check (timeout_ms > 0),
+    -- false: runs outside a transaction block, at-least-once (e.g. create index concurrently)
+    tx          boolean not null default true,
+    state       text not null default 'claimed'
+                check (state in ('claimed', 'running', 'done', 'failed', 'cancelled')),
+    error       text,
+    -- runs started, rolled-back ones included; a transactional run that died with its
+    -- daemon leaves no trace, not even here
+    attempts    integer not null default 0,
+    -- {"state", "error", "columns", "types", "rows"}: the result event's data
+    result      jsonb,
+    claimed_at  timestamptz not null default now(),
+    started_at  timestamptz,
+    finished_at timestamptz,
+    shipped_at  timestamptz
+);
+
+-- the executor's work list: unfinished tasks, and per lane in task order
+create index if not exists task_unfinished_idx on pgfan_node.task (task_id)
+    where state in ('claimed', 'running');
+create index if not exists task_lane_idx on pgfan_node.task (lane, task_id)
+    where state in ('claimed', 'running') and lane is not null;
+-- the shipper's work list
+create index if not exists task_unshipped_idx on pgfan_node.task (task_id)
+    where shipped_at is null and state in ('done', 'failed', 'cancelled');

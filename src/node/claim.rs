@@ -1,0 +1,177 @@
+//! Claim: the node's pull batches become rows of `pgfan_node.task`, exactly once.
+//!
+//! A [`BatchHandler`] on the master's queue `pgfan_node_<node>`. It collects the batch's
+//! events and, at the end of the batch, opens a transaction on the NODE database: if the
+//! pgq_ext ledger already has the batch it skips the inserts, otherwise it inserts one task
+//! row per event (`on conflict (task_id) do nothing`) and records the batch; commit. Then,
+//! still in the master transaction the framework commits together with `finish_batch`, it
+//! calls `pgfan.tasks_claimed`. A crash before the node commit leaves nothing; a crash after
+//! it redoes the batch, which the ledger skips: the tasks exist once either way.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_postgres::{Client, Transaction};
+
+use super::payload::ClaimRow;
+use super::NodeConfig;
+use crate::consumer::{BatchHandler, BatchRef, HandlerError, RetryEvent};
+use crate::pgq::Event;
+
+/// The claim handler of one node.
+pub struct ClaimHandler {
+    node_name: String,
+    consumer: String,
+    node_conninfo: String,
+    node: Option<Client>,
+    /// Events of the batch in progress (the framework may deliver them in chunks).
+    pending: Vec<Event>,
+    pending_batch: Option<i64>,
+    /// Woken after every batch that was claimed: the executor looks for new tasks.
+    wake: Arc<Notify>,
+}
+
+impl ClaimHandler {
+    pub fn new(cfg: &NodeConfig, wake: Arc<Notify>) -> ClaimHandler {
+        ClaimHandler {
+            node_name: cfg.name.clone(),
+            consumer: cfg.queue(),
+            node_conninfo: cfg.db.clone(),
+            node: None,
+            pending: Vec::new(),
+            pending_batch: None,
+            wake,
+        }
+    }
+
+    async fn node(&mut self) -> Result<&mut Client, tokio_postgres::Error> {
+        let client = match self.node.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => crate::db::connect_client(&self.node_conninfo).await?,
+        };
+        Ok(self.node.insert(client))
+    }
+
+    /// The batch's events, or none when they belong to another (failed) attempt.
+    fn take_batch(&mut self, batch: BatchRef) -> Vec<Event> {
+        let events = std::mem::take(&mut self.pending);
+        match self.pending_batch.take() {
+            Some(id) if id == batch.batch_id => events,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Inserts the tasks unless the ledger has the batch; returns whether they were new.
+    async fn claim_on_node(
+        &mut self,
+        batch_id: i64,
+        rows: &[ClaimRow],
+    ) -> Result<bool, tokio_postgres::Error> {
+        let consumer = self.consumer.clone();
+        let node = self.node().await?;
+        let tx = node.transaction().await?;
+        if crate::ledger::batch_done(&tx, &consumer, batch_id).await? {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        insert_tasks(&tx, rows).await?;
+        crate::ledger::mark_batch_done(&tx, &consumer, batch_id).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+impl BatchHandler for ClaimHandler {
+    async fn events<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        batch: BatchRef,
+        events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        // A new batch, or the same batch redone after a failure, starts from scratch.
+        let restarted = match (self.pending.last(), events.first()) {
+            (Some(last), Some(first)) => first.id <= last.id,
+            _ => false,
+        };
+        if self.pending_batch != Some(batch.batch_id) || restarted {
+            self.pending.clear();
+            self.pending_batch = Some(batch.batch_id);
+        }
+        self.pending.extend_from_slice(events);
+        Ok(Vec::new())
+    }
+
+    async fn batch_end<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        batch: BatchRef,
+    ) -> Result<(), HandlerError> {
+        let events = self.take_batch(batch);
+        let rows = claim_rows(&events);
+        let fresh = self.claim_on_node(batch.batch_id, &rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
+        tx.query_one(
+            "select pgfan.tasks_claimed($1, $2)",
+            &[&self.node_name, &ids],
+        )
+        .await?;
+        tracing::debug!(
+            node = %self.node_name,
+            batch_id = batch.batch_id,
+            tasks = ids.len(),
+            redone = !fresh,
+            "Batch claimed"
+        );
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// The task rows of a batch's events; events without a task id are logged and skipped.
+fn claim_rows(events: &[Event]) -> Vec<ClaimRow> {
+    events
+        .iter()
+        .filter_map(|ev| {
+            let row = ClaimRow::from_event(ev);
+            if row.is_none() {
+                tracing::error!(
+                    ev_id = ev.id,
+                    ev_extra1 = ?ev.extra[0],
+                    "Pull event without a valid task id; skipped"
+                );
+            }
+            row
+        })
+        .collect()
+}
+
+/// Inserts the rows; events that cannot run are stored as failed tasks, to be shipped.
+async fn insert_tasks(
+    tx: &Transaction<'_>,
+    rows: &[ClaimRow],
+) -> Result<(), tokio_postgres::Error> {
+    let col = |f: &dyn Fn(&ClaimRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
+    let jobs: Vec<Option<i64>> = rows.iter().map(|r| r.job_id).collect();
+    let timeouts: Vec<Option<i32>> = rows.iter().map(|r| r.options.timeout_ms).collect();
+    let txs: Vec<bool> = rows.iter().map(|r| r.options.tx).collect();
+    let kinds = col(&|r| Some(r.kind.clone()));
+    let data = col(&|r| Some(r.data.clone()));
+    let lanes = col(&|r| r.lane.clone());
+    let errors = col(&|r| r.error.clone());
+    tx.execute(
+        "insert into pgfan_node.task
+                (task_id, job_id, kind, data, lane, timeout_ms, tx, state, error, result, finished_at)
+         select t.id, t.job, t.kind, t.data, t.lane, t.timeout_ms, t.tx,
+                case when t.error is null then 'claimed' else 'failed' end, t.error,
+                case when t.error is not null then pgfan_node.empty_result('failed', t.error) end,
+                case when t.error is not null then now() end
+           from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                       $6::int4[], $7::bool[], $8::text[])
+                as t(id, job, kind, data, lane, timeout_ms, tx, error)
+         on conflict (task_id) do nothing",
+        &[&ids, &jobs, &kinds, &data, &lanes, &timeouts, &txs, &errors],
+    )
+    .await?;
+    Ok(())
+}

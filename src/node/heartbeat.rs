@@ -1,0 +1,105 @@
+//! The node's line to the master besides its queue: heartbeats and cancellations.
+//!
+//! Every `heartbeat_period` it calls `pgfan.node_heartbeat(name, workers, version)`. Every
+//! `poll_period` it asks `pgfan.cancelled_tasks(name, ids)` about the node's unfinished
+//! tasks (claimed or running) and passes the cancelled ones to the executor.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use super::executor::Command;
+use super::NodeConfig;
+use crate::outage::{sleep_or_stop, Outage};
+
+struct Sessions {
+    master: Client,
+    node: Client,
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(
+    cfg: watch::Receiver<Arc<NodeConfig>>,
+    executor: mpsc::UnboundedSender<Command>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = cfg.borrow().name.clone();
+    let mut outage = Outage::new("node heartbeat", name);
+    let mut sessions: Option<Sessions> = None;
+    let mut next_beat = Instant::now();
+    loop {
+        let current = cfg.borrow().clone();
+        let mut pause = current.poll_period;
+        match round(&current, &mut sessions, &mut next_beat, &executor).await {
+            Ok(()) => outage.recovered(),
+            Err(err) => {
+                sessions = None;
+                pause = outage.failed(&err);
+            }
+        }
+        if sleep_or_stop(pause, &mut stop).await {
+            return;
+        }
+    }
+}
+
+async fn round(
+    cfg: &NodeConfig,
+    sessions: &mut Option<Sessions>,
+    next_beat: &mut Instant,
+    executor: &mpsc::UnboundedSender<Command>,
+) -> Result<(), tokio_postgres::Error> {
+    let s = match sessions.take() {
+        Some(s) if !s.master.is_closed() && !s.node.is_closed() => s,
+        _ => Sessions {
+            master: crate::db::connect_client(&cfg.master).await?,
+            node: crate::db::connect_client(&cfg.db).await?,
+        },
+    };
+    let s = sessions.insert(s);
+    let cancelled = cancelled_tasks(s, &cfg.name).await?;
+    if !cancelled.is_empty() {
+        // The executor is gone only when the daemon is stopping.
+        let _ = executor.send(Command::Cancel(cancelled));
+    }
+    if Instant::now() >= *next_beat {
+        beat(&s.master, cfg).await?;
+        *next_beat = Instant::now() + cfg.heartbeat_period;
+    }
+    Ok(())
+}
+
+async fn beat(master: &Client, cfg: &NodeConfig) -> Result<(), tokio_postgres::Error> {
+    let workers = i32::try_from(cfg.workers).unwrap_or(i32::MAX);
+    master
+        .execute(
+            "select pgfan.node_heartbeat($1, $2, $3)",
+            &[&cfg.name, &workers, &crate::VERSION],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The node's unfinished tasks that were cancelled on the master.
+async fn cancelled_tasks(s: &Sessions, name: &str) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let open: Vec<i64> = s
+        .node
+        .query(
+            "select task_id from pgfan_node.task where state in ('claimed', 'running')",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if open.is_empty() {
+        return Ok(open);
+    }
+    let rows = s
+        .master
+        .query("select pgfan.cancelled_tasks($1, $2)", &[&name, &open])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

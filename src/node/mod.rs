@@ -1,0 +1,221 @@
+//! `pgfan node`: the daemon next to each node database.
+//!
+//! Four parts, each in its own task, all ended when [`run`] returns or is dropped:
+//! - claim ([`claim`]): consumer of the master queue `pgfan_node_<name>`; copies each batch
+//!   into `pgfan_node.task` exactly once (pgq_ext ledger) and wakes the executor;
+//! - execute ([`executor`], `worker`): a pool of `workers` node connections running the
+//!   tasks, lanes in order, each transactional task in one node transaction with its result;
+//! - ship (`ship`): finished results to the master queue `pgfan_results`;
+//! - heartbeat (`heartbeat`): `pgfan.node_heartbeat` and cancellations from the master.
+//!
+//! Control: Stop = stop claiming (between batches), let running tasks finish until
+//! `stop_timeout`, cancel the rest (they run again after the restart), ship, exit. Quit =
+//! exit at once (open transactions roll back). Reload = re-read and check the file, then
+//! swap allow-lists, periods and the pool size; on a bad file keep the running one.
+
+pub mod claim;
+pub mod executor;
+mod heartbeat;
+pub mod payload;
+mod plan;
+mod result;
+mod settings;
+mod ship;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::ConfigError;
+use crate::consumer::{self, ConsumerError, ConsumerOptions};
+use crate::signals::Control;
+use executor::{Command, Executor};
+
+pub use result::TaskResult;
+pub use settings::NodeConfig;
+
+/// How long the shipper and heartbeat get to finish after the executor drained.
+const SHIP_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that end the node daemon.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("claiming tasks failed: {0}")]
+    Claim(#[from] ConsumerError),
+    #[error("the node {0} ended unexpectedly")]
+    Ended(&'static str),
+}
+
+/// The claim consumer, restartable on reload.
+struct Claim {
+    stop: watch::Sender<bool>,
+    set: JoinSet<Result<u64, ConsumerError>>,
+}
+
+impl Claim {
+    fn start(cfg: &NodeConfig, wake: Arc<Notify>) -> Claim {
+        let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
+        opts.poll_period = cfg.poll_period;
+        let mut handler = claim::ClaimHandler::new(cfg, wake);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut set = JoinSet::new();
+        set.spawn(async move { consumer::run(&opts, &mut handler, stop_rx).await });
+        Claim { stop, set }
+    }
+
+    /// Stops after the batch in progress; gives up on it at `deadline` (it is redone later).
+    async fn stop(&mut self, deadline: Instant) -> Result<(), ConsumerError> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout_at(deadline, self.set.join_next()).await {
+            Ok(Some(Ok(Err(e)))) => Err(e),
+            Ok(_) => Ok(()),
+            Err(_) => {
+                tracing::warn!(
+                    "The claim of a batch did not finish in time; it is redone after the restart"
+                );
+                self.set.abort_all();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The parts of a running node daemon.
+struct Daemon {
+    cfg: watch::Sender<Arc<NodeConfig>>,
+    wake: Arc<Notify>,
+    claim: Claim,
+    commands: mpsc::UnboundedSender<Command>,
+    executor: JoinSet<()>,
+    background_stop: watch::Sender<bool>,
+    background: JoinSet<()>,
+}
+
+impl Daemon {
+    fn start(cfg: NodeConfig) -> Daemon {
+        let claim_wake = Arc::new(Notify::new());
+        let ship_wake = Arc::new(Notify::new());
+        let claim = Claim::start(&cfg, claim_wake.clone());
+        let (cfg, cfg_rx) = watch::channel(Arc::new(cfg));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let mut executor = JoinSet::new();
+        let exec = Executor::new(cfg_rx.clone(), claim_wake.clone(), ship_wake.clone());
+        executor.spawn(exec.run(commands_rx));
+        let (background_stop, stop_rx) = watch::channel(false);
+        let mut background = JoinSet::new();
+        background.spawn(ship::run(cfg_rx.clone(), ship_wake, stop_rx.clone()));
+        background.spawn(heartbeat::run(cfg_rx, commands.clone(), stop_rx));
+        Daemon {
+            cfg,
+            wake: claim_wake,
+            claim,
+            commands,
+            executor,
+            background_stop,
+            background,
+        }
+    }
+
+    /// Stop: claim no more, drain the executor until `stop_timeout`, ship, end.
+    async fn drain(mut self) -> Result<(), ConsumerError> {
+        let deadline = Instant::now() + self.cfg.borrow().stop_timeout;
+        tracing::info!("Node stopping: finishing running tasks");
+        let claimed = self.claim.stop(deadline).await;
+        let _ = self.commands.send(Command::Drain(deadline));
+        self.executor.join_next().await;
+        let _ = self.background_stop.send(true);
+        let rest = async { while self.background.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHIP_GRACE, rest).await.is_err() {
+            tracing::warn!("Results not shipped yet are shipped after the restart");
+        }
+        claimed
+    }
+
+    async fn reload(&mut self, path: Option<&Path>) {
+        let Some(path) = path else {
+            tracing::info!("No configuration file to reload");
+            return;
+        };
+        let old = self.cfg.borrow().clone();
+        let mut new = match NodeConfig::load(path) {
+            Ok(new) => new,
+            Err(err) => {
+                tracing::error!(error = %err, "Configuration reload failed; keeping the running configuration");
+                return;
+            }
+        };
+        let fixed = new.restart_keys_changed(&old);
+        if !fixed.is_empty() {
+            tracing::warn!(keys = ?fixed, "These settings take effect only after a restart");
+            (new.name, new.master, new.db) = (old.name.clone(), old.master.clone(), old.db.clone());
+            (new.logfile, new.pidfile) = (old.logfile.clone(), old.pidfile.clone());
+        }
+        if new == *old {
+            tracing::info!(path = %path.display(), "Configuration unchanged");
+            return;
+        }
+        let restart_claim = new.poll_period != old.poll_period;
+        self.cfg.send_replace(Arc::new(new.clone()));
+        if restart_claim {
+            if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {
+                tracing::warn!(error = %err, "The claim consumer had failed; starting it again");
+            }
+            self.claim = Claim::start(&new, self.wake.clone());
+        }
+        tracing::info!(path = %path.display(), "Configuration reloaded");
+    }
+}
+
+/// Runs the node daemon until Stop or Quit; `path` is re-read on reload.
+pub async fn run(
+    path: Option<PathBuf>,
+    cfg: NodeConfig,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), NodeError> {
+    cfg.check().map_err(NodeError::Invalid)?;
+    tracing::info!(
+        node = %cfg.name,
+        workers = cfg.workers,
+        allow_sql = cfg.allow_sql,
+        "Node started"
+    );
+    let mut daemon = Daemon::start(cfg);
+    loop {
+        tokio::select! {
+            msg = control.recv() => match msg {
+                Some(Control::Reload) => daemon.reload(path.as_deref()).await,
+                Some(Control::Quit) => {
+                    tracing::info!("Node quit");
+                    return Ok(());
+                }
+                Some(Control::Stop) | None => {
+                    daemon.drain().await?;
+                    tracing::info!("Node stopped");
+                    return Ok(());
+                }
+            },
+            Some(ended) = daemon.claim.set.join_next() => {
+                let err = match ended {
+                    Ok(Err(e)) => NodeError::Claim(e),
+                    _ => NodeError::Ended("claim consumer"),
+                };
+                tracing::error!(error = %err, "Claiming stopped; draining the node");
+                // Already ended; the drain only waits for the executor and the shipper.
+                let _ = daemon.drain().await;
+                return Err(err);
+            }
+            Some(_) = daemon.executor.join_next() => return Err(NodeError::Ended("executor")),
+            Some(_) = daemon.background.join_next() => return Err(NodeError::Ended("shipper or heartbeat")),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! From a task's payload to the statement that runs it, checked against the node's
+//! allow-lists and built from the catalog.
+//!
+//! Event data never becomes SQL text: raw SQL is run only where `allow_sql` permits it, and
+//! for `call` and `copy` every identifier in the statement comes from the catalog
+//! (`regproc`/`regclass` output, `quote_ident`, `format_type`) while every value is bound as
+//! a text parameter (call arguments) or as one JSON parameter (copy rows).
+
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use super::payload::{Action, Work};
+use super::NodeConfig;
+
+/// Why a task cannot run: refused by the node, or a database error while planning.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// How a task is executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Raw SQL, run with the simple protocol; `types` are known when it could be described.
+    Raw { sql: String, types: Option<Shape> },
+    /// A query built from the catalog, its values bound as text parameters.
+    Query {
+        sql: String,
+        params: Vec<String>,
+        shape: Shape,
+    },
+    /// A data change built from the catalog; reports the number of rows it changed.
+    Modify { sql: String, params: Vec<String> },
+}
+
+/// Result columns of a statement: names and type names as `format_type` prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub columns: Vec<String>,
+    pub types: Vec<String>,
+}
+
+fn refuse(msg: String) -> PlanError {
+    PlanError::Refused(msg)
+}
+
+/// Plans `work` on the node connection `c` (catalog reads only; nothing is executed).
+pub async fn plan(c: &Client, cfg: &NodeConfig, work: &Work) -> Result<Plan, PlanError> {
+    match work {
+        Work::Sql { sql } => {
+            if !cfg.allow_sql {
+                return Err(refuse(format!("node {} does not accept raw SQL", cfg.name)));
+            }
+            Ok(Plan::Raw {
+                sql: sql.clone(),
+                types: describe(c, sql).await?,
+            })
+        }
+        Work::Call { func, args } => plan_call(c, cfg, func, args).await,
+        Work::Copy {
+            action,
+            table,
+            columns,
+        } => plan_copy(c, cfg, *action, table.as_deref(), columns).await,
+    }
+}
+
+/// Columns of a single statement, or None when it cannot be prepared (several statements,
+/// or an error that running it will report properly).
+async fn describe(c: &Client, sql: &str) -> Result<Option<Shape>, tokio_postgres::Error> {
+    match c.prepare(sql).await {
+        Ok(stmt) => Ok(Some(shape_of(c, &stmt).await?)),
+        Err(e) if e.as_db_error().is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn shape_of(
+    c: &Client,
+    stmt: &tokio_postgres::Statement,
+) -> Result<Shape, tokio_postgres::Error> {
+    let columns: Vec<String> = stmt
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let oids: Vec<u32> = stmt.columns().iter().map(|c| c.type_().oid()).collect();
+    let mods: Vec<i32> = stmt.columns().iter().map(|c| c.type_modifier()).collect();
+    let types: Vec<String> = c
+        .query_one(
+            "select coalesce(array_agg(pg_catalog.format_type(t, nullif(m, -1)) order by n), '{}')
+               from unnest($1::oid[], $2::int4[]) with ordinality u(t, m, n)",
+            &[&oids, &mods],
+        )
+        .await?
+        .get(0);
+    Ok(Shape { columns, types })
+}
+
+async fn plan_call(
+    c: &Client,
+    cfg: &NodeConfig,
+    func: &str,
+    args: &[String],
+) -> Result<Plan, PlanError> {
+    if !cfg.allow_call.iter().any(|f| f == func) {
+        return Err(refuse(format!(
+            "function {func} is not on node {}'s allow-list",
+            cfg.name
+        )));
+    }
+    let row = c
+        .query_opt(
+            "select p.oid::regproc::text, p.pronargs::int4, p.pronargdefaults::int4, p.prokind::text,
+                    array(select pg_catalog.format_type(t, null)
+                            from unnest(p.proargtypes::oid[]) with ordinality u(t, n) order by n)
+               from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regproc($1)",
+            &[&func],
+        )
+        .await?
+        .ok_or_else(|| {
+            refuse(format!(
+                "function {func} does not exist on node {} (or is overloaded)",
+                cfg.name
+            ))
+        })?;
+    let (name, nargs, ndefaults, kind, types): (String, i32, i32, String, Vec<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    if kind != "f" {
+        return Err(refuse(format!("{func} is not a plain function")));
+    }
+    let given = args.len() as i32;
+    if given > nargs || given < nargs - ndefaults {
+        return Err(refuse(format!(
+            "function {func} takes {} arguments, the task gives {given}",
+            arg_range(nargs, ndefaults)
+        )));
+    }
+    let casts: Vec<String> = types
+        .iter()
+        .take(args.len())
+        .enumerate()
+        .map(|(i, t)| format!("${}::text::{t}", i + 1))
+        .collect();
+    let sql = format!("select * from {name}({})", casts.join(", "));
+    let stmt = c.prepare(&sql).await?;
+    Ok(Plan::Query {
+        shape: shape_of(c, &stmt).await?,
+        sql,
+        params: args.to_vec(),
+    })
+}
+
+fn arg_range(nargs: i32, ndefaults: i32) -> String {
+    if ndefaults == 0 {
+        nargs.to_string()
+    } else {
+        format!("{} to {nargs}", nargs - ndefaults)
+    }
+}
+
+/// A copy target as the catalog describes it.
+struct Table {
+    /// `regclass` output: quoted and schema-qualified as needed.
+    name: String,
+    /// (name, quoted name) of every live column.
+    columns: Vec<(String, String)>,
+    /// Quoted names of the key columns.
+    key: Vec<String>,
+}
+
+async fn plan_copy(
+    c: &Client,
+    cfg: &NodeConfig,
+    action: Action,
+    table: Option<&str>,
+    values: &[(String, String)],
+) -> Result<Plan, PlanError> {
+    let table = copy_table(cfg, table)?;
+    let t = load_table(c, cfg, table).await?;
+    let mut row = Map::new();
+    let mut given = Vec::new();
+    for (col, val) in values {
+        let quoted = t
+            .columns
+            .iter()
+            .find(|(name, _)| name == col)
+            .map(|(_, q)| q.clone())
+            .ok_or_else(|| refuse(format!("column {col:?} does not exist in table {table}")))?;
+        row.insert(col.clone(), Value::String(val.clone()));
+        given.push(quoted);
+    }
+    let params = vec![Value::Object(row).to_string()];
+    let sql = copy_sql(&t, action, &given, table)?;
+    Ok(Plan::Modify { sql, params })
+}
+
+fn copy_table<'a>(cfg: &'a NodeConfig, table: Option<&'a str>) -> Result<&'a str, PlanError> {
+    match table {
+        Some(t) if cfg.copy_tables.iter().any(|a| a == t) => Ok(t),
+        Some(t) => Err(refuse(format!(
+            "table {t} is not in node {}'s copy_tables",
+            cfg.name
+        ))),
+        None => cfg.copy_tables.first().map(String::as_str).ok_or_else(|| {
+            refuse(format!(
+                "node {} accepts no copy tasks (copy_tables is empty)",
+                cfg.name
+            ))
+        }),
+    }
+}
+
+async fn load_table(c: &Client, cfg: &NodeConfig, table: &str) -> Result<Table, PlanError> {
+    let row = c
+        .query_opt(
+            "select c.oid, c.oid::regclass::text from pg_catalog.pg_class c
+              where c.oid = pg_catalog.to_regclass($1) and c.relkind in ('r', 'p')",
+            &[&table],
+        )
+        .await?
+        .ok_or_else(|| refuse(format!("table {table} does not exist on node {}", cfg.name)))?;
+    let oid: u32 = row.get(0);
+    let columns = c
+        .query(
+            "select attname::text, pg_catalog.quote_ident(attname) from pg_catalog.pg_attribute
+              where attrelid = $1 and attnum > 0 and not attisdropped order by attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect::<Vec<(String, String)>>();
+    let key = match &cfg.copy_key {
+        Some(k) => vec![k.clone()],
+        None => primary_key(c, oid).await?,
+    };
+    let key = key
+        .iter()
+        .map(|k| {
+            columns
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, q)| q.clone())
+                .ok_or_else(|| refuse(format!("key column {k:?} does not exist in table {table}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Table {
+        name: row.get(1),
+        columns,
+        key,
+    })
+}
+
+async fn primary_key(c: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "select a.attname::text
+               from pg_catalog.pg_index i
+               cross join unnest(i.indkey::int2[]) with ordinality k(attnum, n)
+               join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+              where i.indrelid = $1 and i.indisprimary
+              order by k.n",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The statement of a copy action; `given` are the quoted columns the row has.
+fn copy_sql(t: &Table, action: Action, given: &[String], table: &str) -> Result<String, PlanError> {
+    let src = format!(
+        "pg_catalog.json_populate_record(null::{}, $1::text::json) as pgfan_r",
+        t.name
+    );
+    if action != Action::Insert {
+        if t.key.is_empty() {
+            return Err(refuse(format!(
+                "table {table} has no primary key; set copy_key to update or delete"
+            )));
+        }
+        if let Some(k) = t.key.iter().find(|k| !given.contains(k)) {
+            return Err(refuse(format!(
+                "copy {action:?} without the key column {k}"
+            )));
+        }
+    }
+    let matches = t
+        .key
+        .iter()
+        .map(|k| format!("pgfan_t.{k} = pgfan_r.{k}"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Ok(match action {
+        Action::Insert => {
+            let cols = given.join(", ");
+            let vals = given
+                .iter()
+                .map(|c| format!("pgfan_r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("insert into {} ({cols}) select {vals} from {src}", t.name)
+        }
+        Action::Update => {
+            let sets: Vec<String> = given
+                .iter()
+                .filter(|c| !t.key.contains(c))
+                .map(|c| format!("{c} = pgfan_r.{c}"))
+                .collect();
+            if sets.is_empty() {
+                return Err(refuse("copy update without any non-key column".into()));
+            }
+            format!(
+                "update {} as pgfan_t set {} from {src} where {matches}",
+                t.name,
+                sets.join(", ")
+            )
+        }
+        Action::Delete => {
+            format!(
+                "delete from {} as pgfan_t using {src} where {matches}",
+                t.name
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            name: "public.\"T\"".into(),
+            columns: vec![
+                ("id".into(), "id".into()),
+                ("Name".into(), "\"Name\"".into()),
+            ],
+            key: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn copy_statements_use_catalog_names_and_one_parameter() {
+        let t = table();
+        let given = vec!["id".to_string(), "\"Name\"".to_string()];
+        let ins = copy_sql(&t, Action::Insert, &given, "T").unwrap();
+        assert_eq!(
+            ins,
+            "insert into public.\"T\" (id, \"Name\") select pgfan_r.id, pgfan_r.\"Name\" from \
+             pg_catalog.json_populate_record(null::public.\"T\", $1::text::json) as pgfan_r"
+        );
+        let upd = copy_sql(&t, Action::Update, &given, "T").unwrap();
+        assert!(upd.contains("set \"Name\" = pgfan_r.\"Name\""), "{upd}");
+        assert!(upd.ends_with("where pgfan_t.id = pgfan_r.id"), "{upd}");
+        let err = copy_sql(&t, Action::Delete, &given[1..], "T").unwrap_err();
+        assert!(err.to_string().contains("key column id"), "{err}");
+    }
+}

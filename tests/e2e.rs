@@ -407,3 +407,46 @@ async fn a_node_cannot_claim_another_nodes_tasks() {
     assert_eq!(result(&m, job).await, [json!({"one": 1})]);
     topo.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn retry_failed_reruns_only_the_failed_target() {
+    let (topo, m) = topology().await;
+    let n2 = pgfan::db::connect_client(&topo.nodes[1].conninfo())
+        .await
+        .unwrap();
+    n2.batch_execute("create table only_n2 (v integer); insert into only_n2 values (5)")
+        .await
+        .unwrap();
+    let job = submit(
+        &m,
+        "select pgfan.submit('all', 'with e as (insert into effects select ''once'') select count(*) as n from only_n2', reduce => 'sum')",
+    )
+    .await;
+    assert_eq!(wait(&m, job).await, "failed");
+    assert!(
+        job_error(&m, job).await.contains("n1: "),
+        "{}",
+        job_error(&m, job).await
+    );
+    let n1 = pgfan::db::connect_client(&topo.nodes[0].conninfo())
+        .await
+        .unwrap();
+    n1.batch_execute("create table only_n2 (v integer); insert into only_n2 values (1), (2)")
+        .await
+        .unwrap();
+    let requeued: i32 = m
+        .query_one("select pgfan.retry_failed($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requeued, 1, "only n1's task runs again");
+    assert_eq!(result(&m, job).await, [json!({"n": 3})]);
+    for i in 0..2 {
+        assert_eq!(
+            node_count(&topo, i, "select count(*) from effects").await,
+            1,
+            "node {i}: the failed attempt left no effect, the retry one, n2 none extra"
+        );
+    }
+    topo.shutdown().await.unwrap();
+}

@@ -171,7 +171,7 @@ pub async fn run(
         "reducer",
         cfg,
         load,
-        |c: &ReducerConfig| (c.consumer_options(), Reducer::default()),
+        |c: &ReducerConfig| vec![(c.consumer_options(), Reducer::default())],
         control,
     )
     .await;

@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 
+use futures_util::future::try_join_all;
 use tokio::sync::{mpsc, watch};
 
 use crate::consumer::{self, BatchHandler, ConsumerError, ConsumerOptions};
@@ -20,9 +21,10 @@ enum Next<C> {
     Restart(C),
 }
 
-/// Runs consumers built from `cfg` until Stop/Quit. `load` re-reads the configuration on
-/// Reload (None when the daemon was started without a file); `build` makes the consumer
-/// options and handler of a configuration.
+/// Runs the consumers built from `cfg` until Stop/Quit. `load` re-reads the configuration
+/// on Reload (None when the daemon was started without a file); `build` makes the consumer
+/// options and handler of each consumer of a configuration. A fatal error of any consumer
+/// ends them all.
 pub async fn run<C, H, L, B>(
     name: &'static str,
     mut cfg: C,
@@ -34,13 +36,15 @@ where
     C: Clone + PartialEq + Debug + Send,
     H: BatchHandler,
     L: Fn() -> Result<C, String>,
-    B: Fn(&C) -> (ConsumerOptions, H),
+    B: Fn(&C) -> Vec<(ConsumerOptions, H)>,
 {
     tracing::info!(daemon = name, "Started");
     loop {
-        let (opts, mut handler) = build(&cfg);
         let (stop_tx, stop) = watch::channel(false);
-        let work = consumer::run(&opts, &mut handler, stop);
+        let work = try_join_all(build(&cfg).into_iter().map(|(opts, mut handler)| {
+            let stop = stop.clone();
+            async move { consumer::run(&opts, &mut handler, stop).await }
+        }));
         match supervise(name, work, &stop_tx, &mut control, &cfg, load.as_ref()).await? {
             Next::Exit => break,
             Next::Restart(new) => cfg = new,
@@ -52,7 +56,7 @@ where
 
 async fn supervise<C, L>(
     name: &'static str,
-    work: impl Future<Output = Result<u64, ConsumerError>>,
+    work: impl Future<Output = Result<Vec<u64>, ConsumerError>>,
     stop_tx: &watch::Sender<bool>,
     control: &mut mpsc::UnboundedReceiver<Control>,
     cfg: &C,

@@ -642,6 +642,7 @@ both_backends!(
     submit_checks_what_it_can_at_once,
     reducer_records_once_and_applies_policies,
     wait_and_cancel,
+    producer_databases_are_routed_exactly_once,
 );
 
 #[test]
@@ -665,5 +666,84 @@ fn example_relay_and_reducer_configs_load() {
     assert!(
         err.contains("queue_name") && err.contains("relay.toml"),
         "{err}"
+    );
+}
+
+/// Runs the relay with `cfg` and a ticker over `dbs` (all on the shared cluster).
+fn relay_with(cfg: RelayConfig, dbs: &[&TestDb]) -> Running {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = tokio::spawn(async move {
+        pgfan::relay::run(None, cfg, rx).await.expect("relay runs");
+    });
+    let mut ticker = ticker_config(dbs[0]);
+    ticker.database_list = dbs.iter().map(|d| d.name.clone()).collect();
+    Running {
+        ticker: start_ticker(ticker),
+        daemon: (tx, handle),
+    }
+}
+
+async fn producer_databases_are_routed_exactly_once(backend: Backend) {
+    let (db, c) = master(backend).await;
+    let shop = TestDb::new(backend).await;
+    let p = shop.connect().await;
+    p.batch_execute(
+        "select pgq.create_queue('push_queue');
+         select pgq.set_queue_config('push_queue', 'ticker_max_lag', '0');
+         select pgq.register_consumer('push_queue', 'pgfan_relay');",
+    )
+    .await
+    .unwrap();
+    // A batch that a previous relay routed before dying ahead of finish_batch: the ledger
+    // on the master has it, the producer hands it out again.
+    raw(&p, "sql", "sql=select+'routed before'", Some("n1")).await;
+    common::tick(&p, "push_queue").await;
+    let open = common::next_batch(&p, "push_queue", "pgfan_relay")
+        .await
+        .unwrap();
+    c.query_one(
+        "select pgq_ext.set_batch_done('pgfan_relay@shop', $1)",
+        &[&open.batch_id],
+    )
+    .await
+    .unwrap();
+    let mut cfg = RelayConfig::new(&db.conninfo);
+    cfg.producers = vec![pgfan::relay::ProducerConfig {
+        name: "shop".into(),
+        db: shop.conninfo.clone(),
+        queue: "push_queue".into(),
+    }];
+    let running = relay_with(cfg, &[&db, &shop]);
+    let good = raw(&p, "sql", "sql=select+2", Some("n2")).await;
+    let bad = raw(&p, "sql", "sql=select+3&job=1", Some("n2")).await;
+    eventually(
+        &db,
+        "select count(*) = 2 from pgfan.job where source_queue = 'shop/push_queue'",
+    )
+    .await;
+    running.stop().await;
+    let jobs: Vec<(i64, String, Option<String>)> = c
+        .query(
+            "select source_ev_id, state, error from pgfan.job
+              where source_queue = 'shop/push_queue' order by source_ev_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        jobs.len(),
+        2,
+        "the batch routed before is not routed again: {jobs:?}"
+    );
+    assert_eq!((jobs[0].0, jobs[0].1.as_str()), (good, "running"));
+    assert_eq!((jobs[1].0, jobs[1].1.as_str()), (bad, "failed"));
+    assert!(jobs[1].2.as_deref().unwrap().contains("raw form"));
+    let finished = common::next_batch(&p, "push_queue", "pgfan_relay").await;
+    assert!(
+        finished.is_none_or(|b| b.batch_id != open.batch_id),
+        "the redone batch was finished on the producer"
     );
 }

@@ -9,76 +9,19 @@
 //! back to a savepoint and recorded with `pgfan.reject_event`: its job fails with the
 //! reason and a dead letter keeps the event. The rest of the batch goes on.
 
+mod producer;
 pub mod request;
+mod settings;
 
 use std::path::Path;
-use std::time::Duration;
 
-use serde::Deserialize;
 use tokio_postgres::Transaction;
 
-use crate::config::{self, ConfigError};
-use crate::consumer::{BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
+use crate::consumer::{BatchHandler, BatchRef, HandlerError, RetryEvent};
 use crate::pgq::Event;
+use producer::Remote;
 use request::{Kind, Request, RequestError};
-
-/// Settings of `pgfan relay` (section `[relay]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RelayConfig {
-    /// libpq connection string of the master database.
-    pub master: String,
-    /// The queue producers write to. Default `push_queue`.
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    /// Consumer name on that queue. Default `pgfan_relay`.
-    #[serde(default = "default_consumer")]
-    pub consumer: String,
-    /// Polling fallback when no tick notification arrives. Default 1 s.
-    #[serde(default = "default_poll", deserialize_with = "config::duration")]
-    pub poll_period: Duration,
-}
-
-fn default_queue() -> String {
-    "push_queue".into()
-}
-
-fn default_consumer() -> String {
-    "pgfan_relay".into()
-}
-
-fn default_poll() -> Duration {
-    Duration::from_secs(1)
-}
-
-#[derive(Debug, Deserialize)]
-struct RelayFile {
-    relay: RelayConfig,
-}
-
-impl RelayConfig {
-    /// Defaults for the master at `master`.
-    pub fn new(master: impl Into<String>) -> RelayConfig {
-        RelayConfig {
-            master: master.into(),
-            queue: default_queue(),
-            consumer: default_consumer(),
-            poll_period: default_poll(),
-        }
-    }
-
-    /// Reads the `[relay]` section of a TOML or INI file.
-    pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
-        Ok(config::load::<RelayFile>(path)?.relay)
-    }
-
-    /// The consumer framework's options for this relay.
-    pub fn consumer_options(&self) -> ConsumerOptions {
-        let mut opts = ConsumerOptions::new(&self.master, &self.queue, &self.consumer);
-        opts.poll_period = self.poll_period;
-        opts
-    }
-}
+pub use settings::{ProducerConfig, RelayConfig};
 
 /// Runs the relay until Stop/Quit; `path` is re-read on Reload.
 pub async fn run(
@@ -87,34 +30,58 @@ pub async fn run(
     control: tokio::sync::mpsc::UnboundedReceiver<crate::signals::Control>,
 ) -> Result<(), crate::consumer::ConsumerError> {
     let load = path.map(|p| move || RelayConfig::load(p).map_err(|e| e.to_string()));
-    crate::service::run(
-        "relay",
-        cfg,
-        load,
-        |c: &RelayConfig| (c.consumer_options(), Relay::new(c)),
-        control,
-    )
-    .await
+    crate::service::run("relay", cfg, load, consumers, control).await
 }
 
-/// The relay's batch handler.
+/// One consumer for the master's push queue and one per producer database.
+fn consumers(cfg: &RelayConfig) -> Vec<(crate::consumer::ConsumerOptions, Relay)> {
+    let mut all = vec![(cfg.consumer_options(), Relay::new(cfg))];
+    for p in &cfg.producers {
+        all.push((cfg.producer_options(p), Relay::producer(cfg, p)));
+    }
+    all
+}
+
+/// The relay's batch handler, for the master's push queue or a producer database's.
 pub struct Relay {
-    queue: String,
+    /// What jobs record as their source queue: the queue's name on the master,
+    /// `<producer>/<queue>` for a producer database.
+    source: String,
+    /// Whether the queue is the master's own (where `job=` names a submitted job).
+    on_master: bool,
+    /// For a producer database: the master, where its batches are routed at batch end.
+    remote: Option<Remote>,
 }
 
 impl Relay {
+    /// The handler of the master's own push queue.
     pub fn new(cfg: &RelayConfig) -> Relay {
         Relay {
-            queue: cfg.queue.clone(),
+            source: cfg.queue.clone(),
+            on_master: true,
+            remote: None,
+        }
+    }
+
+    /// The handler of a producer database's push queue.
+    pub fn producer(cfg: &RelayConfig, p: &ProducerConfig) -> Relay {
+        Relay {
+            source: format!("{}/{}", p.name, p.queue),
+            on_master: false,
+            remote: Some(Remote::new(
+                &cfg.master,
+                format!("{}@{}", cfg.consumer, p.name),
+            )),
         }
     }
 
     async fn route(&self, tx: &Transaction<'_>, e: &Event) -> Result<(), HandlerError> {
         tx.batch_execute("savepoint pgfan_route").await?;
-        let error = match route_event(tx, &self.queue, e).await {
+        let on_master = self.on_master;
+        let error = match route_event(tx, &self.source, on_master, e).await {
             Ok(tasks) => {
                 tx.batch_execute("release savepoint pgfan_route").await?;
-                tracing::debug!(ev_id = e.id, tasks, "Routed");
+                tracing::debug!(source = %self.source, ev_id = e.id, tasks, "Routed");
                 return Ok(());
             }
             Err(Routing::Bad { job, error }) => (job, error),
@@ -123,7 +90,7 @@ impl Relay {
                     .as_db_error()
                     .map(|d| d.message().to_string())
                     .unwrap_or_else(|| err.to_string());
-                (job_hint(e), text)
+                (job_hint(e).filter(|_| on_master), text)
             }
             Err(Routing::Db(err)) => return Err(err.into()),
         };
@@ -139,11 +106,11 @@ impl Relay {
         job: Option<i64>,
         error: &str,
     ) -> Result<(), HandlerError> {
-        tracing::warn!(ev_id = e.id, job, error, "Event rejected");
+        tracing::warn!(source = %self.source, ev_id = e.id, job, error, "Event rejected");
         tx.query_one(
             "select pgfan.reject_event($1, $2, $3, $4, $5, $6, $7)",
             &[
-                &self.queue,
+                &self.source,
                 &e.id,
                 &e.ev_type,
                 &e.data,
@@ -155,6 +122,14 @@ impl Relay {
         .await?;
         Ok(())
     }
+
+    /// Routes `events` in `tx`, one savepoint each.
+    async fn route_all(&self, tx: &Transaction<'_>, events: &[Event]) -> Result<(), HandlerError> {
+        for e in events {
+            self.route(tx, e).await?;
+        }
+        Ok(())
+    }
 }
 
 impl BatchHandler for Relay {
@@ -164,10 +139,24 @@ impl BatchHandler for Relay {
         _batch: BatchRef,
         events: &'a [Event],
     ) -> Result<Vec<RetryEvent>, HandlerError> {
-        for e in events {
-            self.route(tx, e).await?;
+        match &mut self.remote {
+            None => self.route_all(tx, events).await?,
+            Some(remote) => remote.buffer(events),
         }
         Ok(Vec::new())
+    }
+
+    async fn batch_end<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        batch: BatchRef,
+    ) -> Result<(), HandlerError> {
+        let Some(mut remote) = self.remote.take() else {
+            return Ok(());
+        };
+        let routed = remote.route_batch(self, batch.batch_id).await;
+        self.remote = Some(remote);
+        routed
     }
 }
 
@@ -211,7 +200,12 @@ fn job_hint(e: &Event) -> Option<i64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-async fn route_event(tx: &Transaction<'_>, queue: &str, e: &Event) -> Result<i32, Routing> {
+async fn route_event(
+    tx: &Transaction<'_>,
+    source: &str,
+    on_master: bool,
+    e: &Event,
+) -> Result<i32, Routing> {
     let job_hint = job_hint(e);
     let ev_type = e.ev_type.as_deref().unwrap_or("");
     let kind = Kind::parse(ev_type).map_err(|err| bad(job_hint, err))?;
@@ -219,10 +213,16 @@ async fn route_event(tx: &Transaction<'_>, queue: &str, e: &Event) -> Result<i32
         .map_err(|err| bad(job_hint, err.into()))?;
     // pgfan.submit's events carry only job=<id>; the request is in the job row.
     let (job_id, req) = match request::job_of(&pairs).map_err(|err| bad(None, err))? {
-        Some(job_id) => (job_id, submitted_request(tx, job_id, kind).await?),
+        Some(job_id) if on_master => (job_id, submitted_request(tx, job_id, kind).await?),
+        Some(_) => {
+            let error = "pgfan: job= names a job of the master; producer databases send the \
+                         raw form"
+                .to_string();
+            return Err(Routing::Bad { job: None, error });
+        }
         None => {
             let req = Request::from_pairs(kind, pairs).map_err(|err| bad(None, err))?;
-            (create_job(tx, queue, e, &req).await?, req)
+            (create_job(tx, source, e, &req).await?, req)
         }
     };
     let lanes = req.lanes(job_id);

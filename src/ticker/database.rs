@@ -124,20 +124,27 @@ async fn ticker_session(
     let tick = client.prepare(TICK_SQL).await?;
     let opened = Instant::now();
     let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    // When each queue's sequence last moved. A queue stays due for a tick offer at every
+    // poll for one ticker_period after that: the sequence moves when an event is inserted,
+    // not when its transaction commits, so the tick taken at that moment can miss a
+    // transaction still open; the next offers pick it up (PgQ's own lag rules decide
+    // whether they tick) instead of leaving it to the next full round.
+    let mut moved_at: HashMap<String, Instant> = HashMap::new();
     let mut next_full = Instant::now();
     loop {
-        let mut moved = Vec::new();
+        let now = Instant::now();
         for row in client.query(&poll, &[]).await? {
             let (queue, pos): (String, Option<i64>) = (row.get(0), row.get(1));
             if seen.insert(queue.clone(), pos) != Some(pos) {
-                moved.push(queue);
+                moved_at.insert(queue, now);
             }
         }
-        let due: Option<Vec<String>> = if Instant::now() >= next_full {
-            next_full = Instant::now() + cfg.ticker_period;
+        moved_at.retain(|_, at| now.duration_since(*at) < cfg.ticker_period);
+        let due: Option<Vec<String>> = if now >= next_full {
+            next_full = now + cfg.ticker_period;
             None
         } else {
-            Some(moved)
+            Some(moved_at.keys().cloned().collect())
         };
         if due.as_ref().is_none_or(|q| !q.is_empty()) {
             for row in client.query(&tick, &[&due]).await? {

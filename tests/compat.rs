@@ -17,7 +17,7 @@ const FUNCTIONS: &str = "
            || ' volatility=' || p.provolatile::text || case when p.proisstrict then ' strict' else '' end
            || ' acl=' || coalesce(array_to_string(array(select unnest(p.proacl)::text order by 1), ' '), '-')
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-     where n.nspname = 'pgq' and p.proname not in ('jsontriga', 'logutriga', 'sqltriga')
+     where n.nspname = 'pgq'
      order by 1";
 
 const COLUMNS: &str = "

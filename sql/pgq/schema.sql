@@ -26,8 +26,11 @@ begin
        and not pg_catalog.pg_has_role('pgq_admin', 'pgq_reader', 'member') then
         begin
             grant pgq_reader, pgq_writer to pgq_admin;
-        exception when insufficient_privilege then
-            raise notice 'pgq: cannot make pgq_admin a member of pgq_reader/pgq_writer';
+        exception
+            when insufficient_privilege then
+                raise notice 'pgq: cannot make pgq_admin a member of pgq_reader/pgq_writer';
+            when unique_violation then
+                null; -- an install in another database of this cluster granted it concurrently
         end;
     end if;
 end

@@ -29,41 +29,13 @@ enum Cmd {
         role: pgfan::install::Role,
     },
     /// Tick queues, move retry events and rotate tables (pgqd's job, with low latency).
-    Ticker {
-        /// Configuration file (.toml or .ini; a pgqd.ini works unchanged).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Validate the configuration and exit.
-        #[arg(long)]
-        check_config: bool,
-    },
+    Ticker(DaemonArgs),
     /// Route push events to the pull queues of their target nodes (on the master).
-    Relay {
-        /// Configuration file with a [relay] section (.toml or .ini).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Validate the configuration and exit.
-        #[arg(long)]
-        check_config: bool,
-    },
+    Relay(DaemonArgs),
     /// Record task results and reduce finished jobs (on the master).
-    Reducer {
-        /// Configuration file with a [reducer] section (.toml or .ini).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Validate the configuration and exit.
-        #[arg(long)]
-        check_config: bool,
-    },
+    Reducer(DaemonArgs),
     /// Run one node: claim its tasks from the master, execute them, ship the results.
-    Node {
-        /// Configuration file (.toml or .ini, section [node]).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Validate the configuration and exit.
-        #[arg(long)]
-        check_config: bool,
-    },
+    Node(DaemonArgs),
     /// Consume a queue with the consumer framework and print its events as JSON lines.
     Consume {
         /// libpq connection string of the queue database.
@@ -80,8 +52,49 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         lazy_fetch: i32,
     },
-    /// Start a throwaway local cluster and run the whole flow end to end.
+    /// Start throwaway local clusters and run the whole pipeline end to end.
     Demo,
+}
+
+/// The arguments every daemon takes.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Configuration file (.toml or .ini; for the ticker an unmodified pgqd.ini works too).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// A daemon ready to run: its configuration, its pid file and its signal stream.
+struct Prepared<C> {
+    cfg: C,
+    _pid: Option<PidFile>,
+    control: tokio::sync::mpsc::UnboundedReceiver<pgfan::signals::Control>,
+}
+
+/// Loads the configuration; with --check-config reports on it and returns None. Otherwise
+/// starts logging (to `files(cfg).0` if set), writes the pid file (`files(cfg).1`) and
+/// listens for signals.
+fn prepare<C, E>(
+    args: &DaemonArgs,
+    load: impl FnOnce(&Path) -> Result<C, E>,
+    files: impl Fn(&C) -> (Option<PathBuf>, Option<PathBuf>),
+) -> Result<Option<Prepared<C>>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cfg = load(&args.config)?;
+    if args.check_config {
+        println!("{}: ok", args.config.display());
+        return Ok(None);
+    }
+    let (logfile, pidfile) = files(&cfg);
+    init_logging(logfile.as_deref())?;
+    let _pid = pidfile.as_deref().map(PidFile::create).transpose()?;
+    let control = pgfan::signals::listen()?;
+    Ok(Some(Prepared { cfg, _pid, control }))
 }
 
 #[tokio::main]
@@ -97,59 +110,28 @@ async fn main() -> Result<()> {
                 .context("installing")?;
             print!("{report}");
         }
-        Cmd::Ticker {
-            config,
-            check_config,
-        } => {
-            let cfg = pgfan::ticker::TickerConfig::load(&config)?;
-            if check_config {
-                println!("{}: ok", config.display());
-                return Ok(());
+        Cmd::Ticker(args) => {
+            let files = |c: &pgfan::ticker::TickerConfig| (c.logfile.clone(), c.pidfile.clone());
+            if let Some(d) = prepare(&args, pgfan::ticker::TickerConfig::load, files)? {
+                pgfan::ticker::run(Some(args.config), d.cfg, d.control).await?;
             }
-            init_logging(cfg.logfile.as_deref())?;
-            let _pid = cfg.pidfile.as_deref().map(PidFile::create).transpose()?;
-            let control = pgfan::signals::listen()?;
-            pgfan::ticker::run(Some(config), cfg, control).await?;
         }
-        Cmd::Relay {
-            config,
-            check_config,
-        } => {
-            let cfg = pgfan::relay::RelayConfig::load(&config)?;
-            if check_config {
-                println!("{}: ok", config.display());
-                return Ok(());
+        Cmd::Relay(args) => {
+            if let Some(d) = prepare(&args, pgfan::relay::RelayConfig::load, |_| (None, None))? {
+                pgfan::relay::run(Some(&args.config), d.cfg, d.control).await?;
             }
-            init_logging(None)?;
-            let control = pgfan::signals::listen()?;
-            pgfan::relay::run(Some(&config), cfg, control).await?;
         }
-        Cmd::Reducer {
-            config,
-            check_config,
-        } => {
-            let cfg = pgfan::reducer::ReducerConfig::load(&config)?;
-            if check_config {
-                println!("{}: ok", config.display());
-                return Ok(());
+        Cmd::Reducer(args) => {
+            let load = pgfan::reducer::ReducerConfig::load;
+            if let Some(d) = prepare(&args, load, |_| (None, None))? {
+                pgfan::reducer::run(Some(&args.config), d.cfg, d.control).await?;
             }
-            init_logging(None)?;
-            let control = pgfan::signals::listen()?;
-            pgfan::reducer::run(Some(&config), cfg, control).await?;
         }
-        Cmd::Node {
-            config,
-            check_config,
-        } => {
-            let cfg = pgfan::node::NodeConfig::load(&config)?;
-            if check_config {
-                println!("{}: ok", config.display());
-                return Ok(());
+        Cmd::Node(args) => {
+            let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
+            if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
+                pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
             }
-            init_logging(cfg.logfile.as_deref())?;
-            let _pid = cfg.pidfile.as_deref().map(PidFile::create).transpose()?;
-            let control = pgfan::signals::listen()?;
-            pgfan::node::run(Some(config), cfg, control).await?;
         }
         Cmd::Consume {
             db,

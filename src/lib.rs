@@ -19,6 +19,7 @@ pub mod relay;
 pub mod service;
 pub mod signals;
 pub mod sql;
+pub mod status;
 pub mod ticker;
 pub mod urlenc;
 

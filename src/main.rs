@@ -36,6 +36,24 @@ enum Cmd {
     Reducer(DaemonArgs),
     /// Run one node: claim its tasks from the master, execute them, ship the results.
     Node(DaemonArgs),
+    /// Show queues, consumers, nodes and recent jobs; exit 1 when something needs attention.
+    Status {
+        /// libpq connection string of the master database.
+        #[arg(long, env = "PGFAN_DB")]
+        db: String,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// A consumer with pending events lagging more than this needs attention.
+        #[arg(long, default_value = "60s", value_parser = pgfan::config::parse_duration)]
+        max_lag: std::time::Duration,
+        /// An active or draining node silent for longer than this needs attention.
+        #[arg(long, default_value = "30s", value_parser = pgfan::config::parse_duration)]
+        heartbeat_timeout: std::time::Duration,
+        /// How many recent jobs to list.
+        #[arg(long, default_value_t = 10)]
+        jobs: i64,
+    },
     /// Consume a queue with the consumer framework and print its events as JSON lines.
     Consume {
         /// libpq connection string of the queue database.
@@ -131,6 +149,32 @@ async fn main() -> Result<()> {
             let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
                 pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
+            }
+        }
+        Cmd::Status {
+            db,
+            json,
+            max_lag,
+            heartbeat_timeout,
+            jobs,
+        } => {
+            init_logging_at(None, "warn")?;
+            let client = pgfan::db::connect_client(&db)
+                .await
+                .context("connecting to the master")?;
+            let limits = pgfan::status::Limits {
+                max_lag,
+                heartbeat_timeout,
+                jobs,
+            };
+            let status = pgfan::status::collect(&client, limits).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", pgfan::status::render(&status));
+            }
+            if !status.attention.is_empty() {
+                std::process::exit(1);
             }
         }
         Cmd::Consume {

@@ -16,6 +16,7 @@ fn configure(cfg: &mut NodeConfig) {
     cfg.copy_tables = vec!["public.items".into()];
     cfg.allow_call = vec!["public.add".into()];
     cfg.poll_period = Duration::from_millis(200);
+    cfg.heartbeat_period = Duration::from_millis(200);
 }
 
 /// A master and two nodes, each node with `items` and `public.add(int, int)`.
@@ -449,4 +450,60 @@ async fn retry_failed_reruns_only_the_failed_target() {
         );
     }
     topo.shutdown().await.unwrap();
+}
+
+/// `pgfan status --json` as an operator's health check runs it.
+async fn status(topo: &Topology, extra: &[&str]) -> (bool, Value) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfan"))
+        .args(["status", "--json", "--db", &topo.master_conninfo()])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), json)
+}
+
+#[tokio::test]
+async fn status_reports_a_stopped_node_and_fails_the_health_check() {
+    let (mut topo, m) = topology().await;
+    let job = submit(&m, "select pgfan.run_on_all('select 1 as one', 'sum')").await;
+    assert_eq!(result(&m, job).await, [json!({"one": 2})]);
+    let (healthy, s) = status(&topo, &["--heartbeat-timeout", "60s"]).await;
+    assert!(healthy, "{s:#}");
+    assert_eq!(s["jobs"][0]["job_id"], json!(job));
+    assert_eq!(s["jobs"][0]["progress"], json!("done: 2 of 2 done"));
+    assert!(s["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["queue"] == "push_queue"));
+
+    topo.stop_node(1).await.unwrap();
+    // The heartbeat of the stopped node ages; n1's keeps being renewed.
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let (ok, s) = status(&topo, &["--heartbeat-timeout", "1s"]).await;
+        let n2 = &s["nodes"][1];
+        if !ok && n2["attention"] == json!(true) {
+            assert_eq!(n2["node"], json!("n2"));
+            assert!(
+                s["attention"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("node n2 is silent"),
+                "{s:#}"
+            );
+            assert!(
+                !s.to_string().contains("password"),
+                "no connection details in the output"
+            );
+            topo.shutdown().await.unwrap();
+            return;
+        }
+        last = s;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("status never reported the stopped node: {last:#}");
 }

@@ -74,6 +74,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         ),
     );
     let outcome = workloads::run_all(&mut topo, opts).await;
+    if outcome.is_ok() {
+        print_status(&topo).await?;
+    }
     let t = Instant::now();
     let stopped = topo.shutdown().await;
     step(t, "stopped every daemon cleanly");
@@ -83,6 +86,21 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         "ok: every workload checked; {:.1} s in all",
         all.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// What `pgfan status` shows at the end of the demo.
+async fn print_status(topo: &Topology) -> Result<(), DemoError> {
+    let limits = crate::status::Limits {
+        max_lag: Duration::from_secs(60),
+        heartbeat_timeout: Duration::from_secs(30),
+        jobs: 5,
+    };
+    let status = crate::status::collect(&topo.master_client().await?, limits).await?;
+    println!("pgfan status:");
+    for line in crate::status::render(&status).lines() {
+        println!("  {line}");
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod consumer;
@@ -20,6 +21,7 @@ pub mod service;
 pub mod signals;
 pub mod sql;
 pub mod status;
+pub mod systemd;
 pub mod ticker;
 pub mod urlenc;
 

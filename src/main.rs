@@ -34,8 +34,33 @@ enum Cmd {
     Relay(DaemonArgs),
     /// Record task results and reduce finished jobs (on the master).
     Reducer(DaemonArgs),
-    /// Run one node: claim its tasks from the master, execute them, ship the results.
-    Node(DaemonArgs),
+    /// Run one node (-c config): claim its tasks from the master, execute them, ship the
+    /// results. Or manage nodes on the master: add, drain, disable, activate, list.
+    Node(NodeArgs),
+    /// Submit a job from the command line; --wait follows it per node and prints the result.
+    Submit {
+        /// libpq connection string of the master database.
+        #[arg(long, env = "PGFAN_DB")]
+        db: String,
+        #[command(flatten)]
+        args: pgfan::admin::SubmitArgs,
+    },
+    /// Show, cancel or retry a job.
+    Job {
+        /// libpq connection string of the master database.
+        #[arg(long, env = "PGFAN_DB", global = true)]
+        db: Option<String>,
+        #[command(subcommand)]
+        cmd: pgfan::admin::JobCmd,
+    },
+    /// List or replay dead letters.
+    DeadLetter {
+        /// libpq connection string of the master database.
+        #[arg(long, env = "PGFAN_DB", global = true)]
+        db: Option<String>,
+        #[command(subcommand)]
+        cmd: pgfan::admin::DeadLetterCmd,
+    },
     /// Show queues, consumers, nodes and recent jobs; exit 1 when something needs attention.
     Status {
         /// libpq connection string of the master database.
@@ -85,16 +110,35 @@ struct DaemonArgs {
     check_config: bool,
 }
 
+/// `pgfan node`: the daemon (`-c`), or a management command on the master.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct NodeArgs {
+    /// Configuration file of the node daemon (.toml or .ini).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// libpq connection string of the master database (management commands).
+    #[arg(long, env = "PGFAN_DB", global = true)]
+    db: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<pgfan::admin::NodeCmd>,
+}
+
 /// A daemon ready to run: its configuration, its pid file and its signal stream.
 struct Prepared<C> {
     cfg: C,
     _pid: Option<PidFile>,
     control: tokio::sync::mpsc::UnboundedReceiver<pgfan::signals::Control>,
+    /// Told systemd READY=1; sends STOPPING=1 when dropped after the daemon's run.
+    _systemd: pgfan::systemd::Session,
 }
 
 /// Loads the configuration; with --check-config reports on it and returns None. Otherwise
-/// starts logging (to `files(cfg).0` if set), writes the pid file (`files(cfg).1`) and
-/// listens for signals.
+/// starts logging (to `files(cfg).0` if set), writes the pid file (`files(cfg).1`), listens
+/// for signals and tells systemd (if it runs the daemon) that the daemon is ready.
 fn prepare<C, E>(
     args: &DaemonArgs,
     load: impl FnOnce(&Path) -> Result<C, E>,
@@ -111,8 +155,13 @@ where
     let (logfile, pidfile) = files(&cfg);
     init_logging(logfile.as_deref())?;
     let _pid = pidfile.as_deref().map(PidFile::create).transpose()?;
-    let control = pgfan::signals::listen()?;
-    Ok(Some(Prepared { cfg, _pid, control }))
+    let (_systemd, control) = pgfan::systemd::Session::ready(pgfan::signals::listen()?);
+    Ok(Some(Prepared {
+        cfg,
+        _pid,
+        control,
+        _systemd,
+    }))
 }
 
 #[tokio::main]
@@ -145,12 +194,27 @@ async fn main() -> Result<()> {
                 pgfan::reducer::run(Some(&args.config), d.cfg, d.control).await?;
             }
         }
-        Cmd::Node(args) => {
+        Cmd::Node(NodeArgs {
+            cmd: Some(cmd), db, ..
+        }) => pgfan::admin::node(&master(db).await?, &cmd).await?,
+        Cmd::Node(NodeArgs {
+            config,
+            check_config,
+            ..
+        }) => {
+            let config = config.context("pass -c <config> to run the node daemon, or a command")?;
+            let args = DaemonArgs {
+                config,
+                check_config,
+            };
             let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
                 pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
             }
         }
+        Cmd::Submit { db, args } => pgfan::admin::submit(&master(Some(db)).await?, &args).await?,
+        Cmd::Job { db, cmd } => pgfan::admin::job(&master(db).await?, &cmd).await?,
+        Cmd::DeadLetter { db, cmd } => pgfan::admin::dead_letter(&master(db).await?, &cmd).await?,
         Cmd::Status {
             db,
             json,
@@ -197,6 +261,15 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A session on the master for an operator command.
+async fn master(db: Option<String>) -> Result<tokio_postgres::Client> {
+    init_logging_at(None, "warn")?;
+    let db = db.context("pass --db <conninfo> or set PGFAN_DB")?;
+    pgfan::db::connect_client(&db)
+        .await
+        .context("connecting to the master")
 }
 
 /// Logs to stderr (journald picks it up under systemd), or appends to `logfile`.

@@ -104,6 +104,7 @@ create table if not exists pgfan.dead_letter (
     ev_target   text,
     error       text not null
 );
+alter table pgfan.dead_letter add column if not exists replayed_at timestamptz;
 
 -- The pipeline's own queues and their consumers. They tick as soon as they have events
 -- (ticker_max_lag 0): pgfan's ticker notices new events within its poll period, so a task

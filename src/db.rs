@@ -58,9 +58,12 @@ pub struct Session {
     pub messages: mpsc::UnboundedReceiver<AsyncMessage>,
 }
 
-/// Opens a session; the connection task ends when the client is dropped or the server goes away.
+/// Opens a session (the password, if the connection string has none, from `PGPASSFILE` or
+/// `~/.pgpass`); the connection task ends when the client is dropped or the server goes away.
 pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    let mut cfg: tokio_postgres::Config = conninfo.parse()?;
+    crate::passfile::apply(&mut cfg);
+    let (client, mut connection) = cfg.connect(NoTls).await?;
     let (tx, messages) = mpsc::unbounded_channel();
     let mut incoming = stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {

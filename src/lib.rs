@@ -13,6 +13,7 @@ pub mod install;
 pub mod ledger;
 pub mod node;
 pub mod outage;
+pub mod passfile;
 pub mod pgq;
 pub mod print_consumer;
 pub mod reducer;

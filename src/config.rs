@@ -21,6 +21,14 @@ pub enum ConfigError {
         #[source]
         source: config::ConfigError,
     },
+    /// A value the file has but the daemon rejects (unknown key, wrong type), at its line.
+    #[error("{path}, line {line}: {source}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: Box<config::ConfigError>,
+    },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
 }
@@ -48,7 +56,77 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
         .build()
         .map_err(load_err)?
         .try_deserialize()
-        .map_err(load_err)
+        .map_err(|source| locate(path, source))
+}
+
+/// Adds the line of the offending key to a deserialize error, when the file has it there.
+/// A file that cannot be read again, or a key set only in the environment, gets no line.
+fn locate(path: &Path, source: config::ConfigError) -> ConfigError {
+    let msg = source.to_string();
+    let line = offending_key(&msg).and_then(|(section, key)| {
+        let text = std::fs::read_to_string(path).ok()?;
+        key_line(&text, section, key)
+    });
+    match line {
+        Some(line) if !msg.contains("the environment") => ConfigError::At {
+            path: path.into(),
+            line,
+            source: Box::new(source),
+        },
+        _ => ConfigError::Load {
+            path: path.into(),
+            source,
+        },
+    }
+}
+
+/// The (section, key) a deserialize error is about: "unknown field `k` ... for key `s`" or
+/// "... for key `s.k`" (array indexes such as `s.list[0]` name the list).
+fn offending_key(msg: &str) -> Option<(Option<&str>, &str)> {
+    let quoted = |marker: &str| {
+        let rest = &msg[msg.find(marker)? + marker.len()..];
+        Some(&rest[..rest.find('`')?])
+    };
+    let path = quoted("for key `");
+    if let Some(field) = quoted("unknown field `") {
+        return Some((path, field));
+    }
+    let path = path?;
+    let path = path.split('[').next().unwrap_or(path);
+    Some(match path.rsplit_once('.') {
+        Some((section, key)) => (Some(section), key),
+        None => (None, path),
+    })
+}
+
+/// The 1-based line of `key = ...` (or INI's `key: ...`) in `text`, preferring one inside
+/// `[section]` (or `[[section]]`); None when the file does not have the key.
+fn key_line(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
+    let mut current = "";
+    let mut anywhere = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(key) else {
+            continue;
+        };
+        if !rest.trim_start().starts_with(['=', ':']) {
+            continue;
+        }
+        if section.is_none_or(|s| s == current) {
+            return Some(i + 1);
+        }
+        anywhere = anywhere.or(Some(i + 1));
+    }
+    anywhere
 }
 
 /// The `PGFAN_<SECTION>__<KEY>` variables. Others with the prefix, such as `PGFAN_LOG`,
@@ -136,5 +214,62 @@ mod tests {
         assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn offending_keys_are_found_in_error_messages() {
+        assert_eq!(
+            offending_key("unknown field `workerz`, expected one of `name` for key `node`"),
+            Some((Some("node"), "workerz"))
+        );
+        assert_eq!(
+            offending_key("invalid type: string \"x\", expected usize for key `node.workers`"),
+            Some((Some("node"), "workers"))
+        );
+        assert_eq!(
+            offending_key("invalid type for key `relay.producers[0].db`"),
+            Some((Some("relay"), "producers"))
+        );
+        assert_eq!(offending_key("missing configuration field \"name\""), None);
+        assert_eq!(offending_key("unknown field `x"), None);
+    }
+
+    #[test]
+    fn key_lines_prefer_the_section_and_ignore_lookalikes() {
+        let text = "# workers = 1\n[ticker]\nworkers = 2\n[node]\nworkersx = 3\n  workers= 4\n";
+        assert_eq!(key_line(text, Some("node"), "workers"), Some(6));
+        assert_eq!(key_line(text, Some("ticker"), "workers"), Some(3));
+        assert_eq!(key_line(text, Some("relay"), "workers"), Some(3));
+        assert_eq!(key_line(text, None, "workers"), Some(3));
+        assert_eq!(key_line("[node]\nname: n\n", Some("node"), "name"), Some(2));
+        assert_eq!(key_line(text, Some("node"), "absent"), None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_line() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct File {
+            s: Section,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Section {
+            #[serde(default)]
+            n: u32,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, line) in [
+            ("a.toml", "[s]\nn = 1\n\nbogus = 2\n", 4),
+            ("b.ini", "[s]\nbogus = 2\n", 2),
+            ("c.toml", "# n\n[s]\nn = \"x\"\n", 3),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = load::<File>(&path).unwrap_err().to_string();
+            let want = format!("{}, line {line}: ", path.display());
+            assert!(err.starts_with(&want), "{err:?} should start with {want:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! redone (PgQ returns the same batch id until it is finished).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -159,6 +159,7 @@ pub async fn run<H: BatchHandler>(
             }
             Err(e) => HandlerError::Db(e),
         };
+        metrics::counter!("pgfan_consumer_errors_total", &labels(opts)).increment(1);
         if is_fatal(&err) {
             return Err(ConsumerError::Fatal {
                 queue: opts.queue.clone(),
@@ -216,10 +217,12 @@ async fn process_one<H: BatchHandler>(
     handler: &mut H,
     client: &mut tokio_postgres::Client,
 ) -> Result<bool, HandlerError> {
+    let started = Instant::now();
     let tx = client.transaction().await?;
     let row = tx
         .query_one(
-            "select batch_id, cur_tick_id, prev_tick_id
+            "select batch_id, cur_tick_id, prev_tick_id,
+                    extract(epoch from now() - cur_tick_time)::float8
                from pgq.next_batch_custom($1, $2, $3::text::interval, $4, $5::text::interval)",
             &[
                 &opts.queue,
@@ -239,11 +242,12 @@ async fn process_one<H: BatchHandler>(
         cur_tick_id: row.get(1),
         prev_tick_id: row.get(2),
     };
-    let retries = if opts.lazy_fetch > 0 {
+    let (retries, events) = if opts.lazy_fetch > 0 {
         handle_lazily(opts, handler, &tx, batch).await?
     } else {
         let events = crate::pgq::batch_events(&tx, batch_id).await?;
-        handler.events(&tx, batch, &events).await?
+        let n = events.len() as u64;
+        (handler.events(&tx, batch, &events).await?, n)
     };
     handler.batch_end(&tx, batch).await?;
     for r in retries {
@@ -259,7 +263,20 @@ async fn process_one<H: BatchHandler>(
     }
     crate::pgq::finish_batch(&tx, batch_id).await?;
     tx.commit().await?;
+    let labels = labels(opts);
+    metrics::counter!("pgfan_consumer_batches_total", &labels).increment(1);
+    metrics::counter!("pgfan_consumer_events_total", &labels).increment(events);
+    metrics::gauge!("pgfan_consumer_lag_seconds", &labels).set(row.get::<_, f64>(3));
+    metrics::histogram!("pgfan_consumer_batch_duration_seconds", &labels).record(started.elapsed());
     Ok(true)
+}
+
+/// The labels of a consumer's metrics.
+fn labels(opts: &ConsumerOptions) -> [(&'static str, String); 2] {
+    [
+        ("queue", opts.queue.clone()),
+        ("consumer", opts.consumer.clone()),
+    ]
 }
 
 async fn handle_lazily<H: BatchHandler>(
@@ -267,8 +284,9 @@ async fn handle_lazily<H: BatchHandler>(
     handler: &mut H,
     tx: &Transaction<'_>,
     batch: BatchRef,
-) -> Result<Vec<RetryEvent>, HandlerError> {
+) -> Result<(Vec<RetryEvent>, u64), HandlerError> {
     let mut retries = Vec::new();
+    let mut count = 0;
     let first = tx
         .query(
             "select * from pgq.get_batch_cursor($1, $2, $3)",
@@ -279,6 +297,7 @@ async fn handle_lazily<H: BatchHandler>(
     let fetch = format!("fetch {} from {CURSOR}", opts.lazy_fetch);
     loop {
         let full = chunk.len() as i32 >= opts.lazy_fetch;
+        count += chunk.len() as u64;
         if !chunk.is_empty() {
             retries.extend(handler.events(tx, batch, &chunk).await?);
         }
@@ -293,7 +312,7 @@ async fn handle_lazily<H: BatchHandler>(
             .collect();
     }
     tx.batch_execute(&format!("close {CURSOR}")).await?;
-    Ok(retries)
+    Ok((retries, count))
 }
 
 /// Waits for a tick notification of our queue, the poll period, or a stop; true on stop.

@@ -11,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod install;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod outage;
 pub mod passfile;

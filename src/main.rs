@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -180,17 +181,20 @@ async fn main() -> Result<()> {
         Cmd::Ticker(args) => {
             let files = |c: &pgfan::ticker::TickerConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::ticker::TickerConfig::load, files)? {
+                pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "ticker")?;
                 pgfan::ticker::run(Some(args.config), d.cfg, d.control).await?;
             }
         }
         Cmd::Relay(args) => {
             if let Some(d) = prepare(&args, pgfan::relay::RelayConfig::load, |_| (None, None))? {
+                pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "relay")?;
                 pgfan::relay::run(Some(&args.config), d.cfg, d.control).await?;
             }
         }
         Cmd::Reducer(args) => {
             let load = pgfan::reducer::ReducerConfig::load;
             if let Some(d) = prepare(&args, load, |_| (None, None))? {
+                pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "reducer")?;
                 pgfan::reducer::run(Some(&args.config), d.cfg, d.control).await?;
             }
         }
@@ -209,6 +213,7 @@ async fn main() -> Result<()> {
             };
             let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
+                pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "node")?;
                 pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
             }
         }
@@ -278,25 +283,37 @@ fn init_logging(logfile: Option<&Path>) -> Result<()> {
 }
 
 /// Like [`init_logging`], with `default` as the level when `PGFAN_LOG` is not set.
+/// `PGFAN_LOG_FORMAT=json` logs one JSON object per line; the human format leaves out
+/// timestamps on stderr under systemd (`JOURNAL_STREAM` set), as the journal adds its own.
 fn init_logging_at(logfile: Option<&Path>, default: &str) -> Result<()> {
     let filter = EnvFilter::try_from_env("PGFAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match logfile {
+    let json = match std::env::var("PGFAN_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("" | "human") => false,
+        Ok("json") => true,
+        Ok(other) => anyhow::bail!("PGFAN_LOG_FORMAT={other:?}: use human or json"),
+    };
+    let (writer, ansi) = match logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("opening log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .init(),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let journald = logfile.is_none() && std::env::var_os("JOURNAL_STREAM").is_some();
+    match (json, journald) {
+        (true, _) => builder.json().with_ansi(false).init(),
+        (false, true) => builder.without_time().with_ansi(false).init(),
+        (false, false) => builder.with_ansi(ansi).init(),
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ impl Outage {
         self.attempts += 1;
         if self.since.is_none() {
             self.since = Some(Instant::now());
+            metrics::counter!("pgfan_outages_total", "what" => self.what).increment(1);
             tracing::warn!(what = self.what, target = %self.target, error = %err, "Database unavailable, retrying with back-off");
         } else {
             tracing::debug!(what = self.what, target = %self.target, error = %err, attempt = self.attempts, "Still unavailable");
@@ -48,6 +49,7 @@ impl Outage {
     /// Records a success, closing the outage if there was one.
     pub fn recovered(&mut self) {
         if let Some(since) = self.since.take() {
+            metrics::counter!("pgfan_reconnects_total", "what" => self.what).increment(1);
             tracing::info!(
                 what = self.what,
                 target = %self.target,

@@ -42,6 +42,10 @@ pub struct ReducerConfig {
     /// How often jobs past their deadline are ended. Default 1 s.
     #[serde(default = "default_second", deserialize_with = "config::duration")]
     pub expire_period: Duration,
+    /// Serve Prometheus metrics at `http://<this address>/metrics`, e.g. `127.0.0.1:9187`.
+    /// Default: none (no endpoint). Read at start only.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_queue() -> String {
@@ -70,6 +74,7 @@ impl ReducerConfig {
             consumer: default_consumer(),
             poll_period: default_second(),
             expire_period: default_second(),
+            metrics_listen: None,
         }
     }
 
@@ -82,6 +87,12 @@ impl ReducerConfig {
                 msg: "poll_period and expire_period must be greater than zero".into(),
             });
         }
+        crate::metrics::listen_addr(cfg.metrics_listen.as_deref()).map_err(|msg| {
+            ConfigError::Invalid {
+                path: path.into(),
+                msg,
+            }
+        })?;
         Ok(cfg)
     }
 
@@ -107,6 +118,7 @@ impl BatchHandler for Reducer {
     ) -> Result<Vec<RetryEvent>, HandlerError> {
         for e in events {
             if let Some(job) = record(tx, e).await? {
+                metrics::counter!("pgfan_reducer_results_recorded_total").increment(1);
                 self.touched.insert(job);
             }
         }
@@ -125,6 +137,8 @@ impl BatchHandler for Reducer {
                 .get(0);
             if let Some(state) = state {
                 tracing::debug!(job, state, "Job finished");
+                metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => state)
+                    .increment(1);
             }
         }
         Ok(())
@@ -208,6 +222,7 @@ async fn expire_session(
             .get(0);
         if n > 0 {
             tracing::info!(jobs = n, "Jobs past their deadline ended");
+            metrics::counter!("pgfan_reducer_jobs_expired_total").increment(n as u64);
         }
         if sleep_or_stop(period, stop).await {
             return Ok(());

@@ -92,6 +92,8 @@ impl Executor {
             if drain.is_some() && self.busy.is_empty() {
                 return;
             }
+            let node = self.cfg.borrow().name.clone();
+            metrics::gauge!("pgfan_node_tasks_running", "node" => node).set(self.busy.len() as f64);
             let poll = Instant::now() + self.cfg.borrow().poll_period;
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
@@ -212,6 +214,7 @@ impl Executor {
             Outcome::Recorded(state) => {
                 self.lost.remove(&f.task_id);
                 tracing::debug!(task_id = f.task_id, state, "Task finished");
+                self.count_final(state, 1);
                 self.ship.notify_one();
             }
             Outcome::Lost => self.count_lost(f.task_id).await,
@@ -247,6 +250,7 @@ impl Executor {
         };
         match done {
             Ok(()) => {
+                self.count_final(state, ids.len());
                 self.ship.notify_one();
                 true
             }
@@ -275,6 +279,13 @@ impl Executor {
             self.record(&waiting, "cancelled", "cancelled on the master")
                 .await;
         }
+    }
+
+    /// Counts tasks that reached a final state.
+    fn count_final(&self, state: &str, n: usize) {
+        let (node, state) = (self.cfg.borrow().name.clone(), state.to_string());
+        metrics::counter!("pgfan_node_tasks_total", "node" => node, "state" => state)
+            .increment(n as u64);
     }
 
     fn abandon_all(&mut self) {

@@ -159,6 +159,7 @@ impl Daemon {
             tracing::warn!(keys = ?fixed, "These settings take effect only after a restart");
             (new.name, new.master, new.db) = (old.name.clone(), old.master.clone(), old.db.clone());
             (new.logfile, new.pidfile) = (old.logfile.clone(), old.pidfile.clone());
+            new.metrics_listen = old.metrics_listen.clone();
         }
         if new == *old {
             tracing::info!(path = %path.display(), "Configuration unchanged");
@@ -199,8 +200,14 @@ pub async fn run(
                     return Ok(());
                 }
                 Some(Control::Stop) | None => {
-                    daemon.drain().await?;
-                    tracing::info!("Node stopped");
+                    // A second signal during the drain quits at once.
+                    tokio::select! {
+                        drained = daemon.drain() => {
+                            drained?;
+                            tracing::info!("Node stopped");
+                        }
+                        () = quit_requested(&mut control) => tracing::info!("Node quit"),
+                    }
                     return Ok(());
                 }
             },
@@ -216,6 +223,17 @@ pub async fn run(
             }
             Some(_) = daemon.executor.join_next() => return Err(NodeError::Ended("executor")),
             Some(_) = daemon.background.join_next() => return Err(NodeError::Ended("shipper or heartbeat")),
+        }
+    }
+}
+
+/// Resolves on Quit; never when the control channel closed (no more signals can come).
+async fn quit_requested(control: &mut mpsc::UnboundedReceiver<Control>) {
+    loop {
+        match control.recv().await {
+            Some(Control::Quit) => return,
+            Some(_) => {}
+            None => std::future::pending().await,
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct NodeConfig {
         deserialize_with = "config::duration"
     )]
     pub stop_timeout: Duration,
+    /// Serve Prometheus metrics at `http://<this address>/metrics`, e.g. `127.0.0.1:9187`.
+    /// Default: none (no endpoint). Read at start only.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Append logs to this file instead of stderr.
     #[serde(default)]
     pub logfile: Option<PathBuf>,
@@ -97,6 +101,7 @@ impl NodeConfig {
             poll_period: default_poll_period(),
             heartbeat_period: default_heartbeat_period(),
             stop_timeout: default_stop_timeout(),
+            metrics_listen: None,
             logfile: None,
             pidfile: None,
         }
@@ -137,6 +142,7 @@ impl NodeConfig {
                 return Err(format!("{key} must be greater than zero"));
             }
         }
+        crate::metrics::listen_addr(self.metrics_listen.as_deref())?;
         Ok(())
     }
 
@@ -154,6 +160,10 @@ impl NodeConfig {
             ("db", self.db != other.db),
             ("logfile", self.logfile != other.logfile),
             ("pidfile", self.pidfile != other.pidfile),
+            (
+                "metrics_listen",
+                self.metrics_listen != other.metrics_listen,
+            ),
         ] {
             if differs {
                 changed.push(key);

@@ -31,7 +31,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = cfg.borrow().name.clone();
-    let mut outage = Outage::new("node shipper", name);
+    let mut outage = Outage::new("node shipper", name.clone());
     let mut sessions: Option<Sessions> = None;
     loop {
         let mut pause = cfg.borrow().poll_period;
@@ -40,6 +40,8 @@ pub async fn run(
                 outage.recovered();
                 if n > 0 {
                     tracing::debug!(results = n, "Results shipped");
+                    metrics::counter!("pgfan_node_results_shipped_total", "node" => name.clone())
+                        .increment(n as u64);
                 }
             }
             Err(err) => {

@@ -106,6 +106,7 @@ pub async fn run(
     intent: SharedIntent,
 ) -> Finished {
     let task_id = task.task_id;
+    let started = std::time::Instant::now();
     let ran = if task.tx {
         run_in_tx(&mut client, &task, &cfg, &intent).await
     } else {
@@ -115,6 +116,10 @@ pub async fn run(
         tracing::warn!(task_id, error = %err, "Task left to run again: node connection failed");
         Outcome::Lost
     });
+    if let Outcome::Recorded(state) = outcome {
+        let labels = [("node", cfg.name.clone()), ("state", state.to_string())];
+        metrics::histogram!("pgfan_node_task_duration_seconds", &labels).record(started.elapsed());
+    }
     Finished {
         task_id,
         client: (!client.is_closed()).then_some(client),

@@ -82,6 +82,8 @@ impl Relay {
             Ok(tasks) => {
                 tx.batch_execute("release savepoint pgfan_route").await?;
                 tracing::debug!(source = %self.source, ev_id = e.id, tasks, "Routed");
+                metrics::counter!("pgfan_relay_jobs_routed_total", "queue" => self.source.clone())
+                    .increment(1);
                 return Ok(());
             }
             Err(Routing::Bad { job, error }) => (job, error),
@@ -107,6 +109,8 @@ impl Relay {
         error: &str,
     ) -> Result<(), HandlerError> {
         tracing::warn!(source = %self.source, ev_id = e.id, job, error, "Event rejected");
+        metrics::counter!("pgfan_relay_events_rejected_total", "queue" => self.source.clone())
+            .increment(1);
         tx.query_one(
             "select pgfan.reject_event($1, $2, $3, $4, $5, $6, $7)",
             &[

@@ -27,6 +27,10 @@ pub struct RelayConfig {
     /// `[[relay.producers]]` tables). Default: none.
     #[serde(default)]
     pub producers: Vec<ProducerConfig>,
+    /// Serve Prometheus metrics at `http://<this address>/metrics`, e.g. `127.0.0.1:9187`.
+    /// Default: none (no endpoint). Read at start only.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// A producer database: its push queue is consumed there, its jobs are routed on the
@@ -69,6 +73,7 @@ impl RelayConfig {
             consumer: default_consumer(),
             poll_period: default_poll(),
             producers: Vec::new(),
+            metrics_listen: None,
         }
     }
 
@@ -95,6 +100,7 @@ impl RelayConfig {
         if names.iter().any(|n| n.is_empty() || n.contains('/')) {
             return Err("producer names must be non-empty and contain no '/'".into());
         }
+        crate::metrics::listen_addr(self.metrics_listen.as_deref())?;
         Ok(())
     }
 

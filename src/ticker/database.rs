@@ -150,6 +150,7 @@ async fn ticker_session(
             for row in client.query(&tick, &[&due]).await? {
                 let (queue, tick_id): (String, i64) = (row.get(0), row.get(1));
                 tracing::trace!(db, queue, tick_id, "Ticked");
+                metrics::counter!("pgfan_ticker_ticks_total", "db" => db.to_string()).increment(1);
             }
         }
         if opened.elapsed() >= cfg.connection_lifetime {
@@ -180,6 +181,7 @@ async fn maint_session(
         }
         if Instant::now() >= next_maint {
             run_maint_operations(client, db).await?;
+            metrics::counter!("pgfan_ticker_maint_runs_total", "db" => db.to_string()).increment(1);
             next_maint = Instant::now() + cfg.maint_period;
         }
         if opened.elapsed() >= cfg.connection_lifetime {
@@ -207,6 +209,8 @@ async fn move_retry_events(client: &Client, db: &str) -> Result<(), tokio_postgr
         }
         total += i64::from(n);
     }
+    let moved = "pgfan_ticker_retry_events_moved_total";
+    metrics::counter!(moved, "db" => db.to_string()).increment(total as u64);
     if total > 0 {
         tracing::debug!(
             db,

@@ -78,6 +78,10 @@ pub struct TickerConfig {
         deserialize_with = "config::duration"
     )]
     pub connection_lifetime: Duration,
+    /// Serve Prometheus metrics at `http://<this address>/metrics`, e.g. `127.0.0.1:9187`.
+    /// Default: none (no endpoint). Read at start only.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Append logs to this file instead of stderr.
     #[serde(default)]
     pub logfile: Option<PathBuf>,
@@ -129,6 +133,7 @@ impl Default for TickerConfig {
             ticker_period: default_ticker_period(),
             poll_period: default_poll_period(),
             connection_lifetime: default_connection_lifetime(),
+            metrics_listen: None,
             logfile: None,
             pidfile: None,
             syslog: None,
@@ -174,6 +179,7 @@ impl TickerConfig {
         if self.poll_period > self.ticker_period {
             return Err("poll_period must not exceed ticker_period".into());
         }
+        crate::metrics::listen_addr(self.metrics_listen.as_deref())?;
         Ok(())
     }
 
@@ -332,6 +338,7 @@ mod tests {
         assert_eq!(cfg.ticker_period, Duration::from_secs(1));
         assert_eq!(cfg.poll_period, Duration::from_millis(10));
         assert_eq!(cfg.initial_database, "template1");
+        assert_eq!(cfg.metrics_listen, None);
         assert!(cfg.check().is_ok());
     }
 }

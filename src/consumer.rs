@@ -100,12 +100,15 @@ pub struct RetryEvent {
 /// A handler failure; the batch is rolled back and redone.
 #[derive(Debug, Error)]
 pub enum HandlerError {
-    #[error("database: {0}")]
+    #[error("database: {}", crate::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Pgq(#[from] PgqError),
     #[error("{0}")]
     Other(String),
+    /// The consumer cannot start (e.g. its queue does not exist); ends the consumer.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Processes events; everything it does through `tx` commits together with `finish_batch`.
@@ -160,12 +163,16 @@ pub async fn run<H: BatchHandler>(
             Err(e) => HandlerError::Db(e),
         };
         metrics::counter!("pgfan_consumer_errors_total", &labels(opts)).increment(1);
-        if is_fatal(&err) {
+        if breaks_setup(&err) {
             return Err(ConsumerError::Fatal {
                 queue: opts.queue.clone(),
                 consumer: opts.consumer.clone(),
                 source: err,
             });
+        }
+        if !is_connection_loss(&err) {
+            tracing::error!(queue = %opts.queue, consumer = %opts.consumer, error = %err,
+                "Batch failed; it is redone after a back-off");
         }
         let pause = outage.failed(&err);
         if sleep_or_stop(pause, &mut stop).await {
@@ -174,13 +181,33 @@ pub async fn run<H: BatchHandler>(
     }
 }
 
-fn is_fatal(err: &HandlerError) -> bool {
-    let db_err = match err {
-        HandlerError::Db(e) => e,
-        HandlerError::Pgq(e) => e.db_error(),
-        HandlerError::Other(_) => return false,
-    };
-    db::classify(db_err) == ErrorClass::Fatal
+/// The database error behind a handler error, if any.
+fn db_error(err: &HandlerError) -> Option<&tokio_postgres::Error> {
+    match err {
+        HandlerError::Db(e) => Some(e),
+        HandlerError::Pgq(e) => Some(e.db_error()),
+        HandlerError::Other(_) | HandlerError::Setup(_) => None,
+    }
+}
+
+fn is_connection_loss(err: &HandlerError) -> bool {
+    db_error(err).is_some_and(|e| db::classify(e) == ErrorClass::Reconnect)
+}
+
+/// Errors that no redo can fix, because the consumer's setup is wrong: PgQ or the
+/// handler's objects missing, no privilege, bad credentials, a database that does not
+/// exist. They end the consumer (and its daemon, which the supervisor reports). Any other
+/// failure of a batch is logged and the batch redone after a back-off, since PgQ hands
+/// out the same batch again: a lost race must not take a daemon down.
+fn breaks_setup(err: &HandlerError) -> bool {
+    if matches!(err, HandlerError::Setup(_)) {
+        return true;
+    }
+    db_error(err).and_then(|e| e.code()).is_some_and(|c| {
+        ["42", "28", "3D", "3F", "0A"]
+            .iter()
+            .any(|class| c.code().starts_with(class))
+    })
 }
 
 async fn session_loop<H: BatchHandler>(
@@ -195,7 +222,14 @@ async fn session_loop<H: BatchHandler>(
         .batch_execute(&format!("listen {TICK_CHANNEL}"))
         .await?;
     if opts.register {
-        crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await?;
+        let registered =
+            crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await;
+        if let Err(e) = registered {
+            if db::classify(e.db_error()) == ErrorClass::Reconnect {
+                return Err(e.into());
+            }
+            return Err(HandlerError::Setup(e.to_string()));
+        }
     }
     loop {
         if *stop.borrow() {

@@ -52,6 +52,15 @@ pub fn classify_sqlstate(code: &SqlState) -> ErrorClass {
     ErrorClass::Fatal
 }
 
+/// An error's text with the server's message ("ERROR: relation ... does not exist"), where
+/// tokio-postgres' own Display says only "db error".
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => err.to_string(),
+    }
+}
+
 /// A client plus the asynchronous messages (notices, notifications) of its session.
 pub struct Session {
     pub client: Client,

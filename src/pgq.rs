@@ -13,7 +13,7 @@ use tokio_postgres::{GenericClient, Row};
 /// Errors of PgQ calls.
 #[derive(Debug, Error)]
 pub enum PgqError {
-    #[error("{call}: {source}")]
+    #[error("{call}: {}", crate::db::describe(source))]
     Db {
         call: &'static str,
         #[source]

@@ -592,20 +592,28 @@ async fn a_claim_redone_after_the_node_commit_does_not_duplicate_tasks() {
         .map(|i| sql_task(i, &format!("insert into effects values ({i})")))
         .collect();
     put(&env, &events).await;
-    common::tick(&m, &env.queue()).await;
     // The claim handler's work up to the master commit, then the master rolls back, as if
     // the daemon died between the node commit and finish_batch.
     let cfg = env.config();
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut handler = pgfan::node::claim::ClaimHandler::new(&cfg, wake);
     let mut mc = env.master.connect().await;
-    // The running ticker may have made empty batches first; skip them.
+    // The running ticker ticks the queue (it may make empty batches first; skip them).
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
     let (tx, batch, evs) = loop {
         let tx = mc.transaction().await.unwrap();
-        let batch = pgfan::pgq::next_batch(&tx, &env.queue(), &env.queue())
+        let next = pgfan::pgq::next_batch(&tx, &env.queue(), &env.queue())
             .await
-            .unwrap()
-            .expect("a batch");
+            .unwrap();
+        let Some(batch) = next else {
+            tx.commit().await.unwrap();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ticker never ticked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
         let evs = pgfan::pgq::batch_events(&tx, batch.id).await.unwrap();
         if !evs.is_empty() {
             break (tx, batch, evs);

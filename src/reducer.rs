@@ -42,6 +42,13 @@ pub struct ReducerConfig {
     /// How often jobs past their deadline are ended. Default 1 s.
     #[serde(default = "default_second", deserialize_with = "config::duration")]
     pub expire_period: Duration,
+    /// At a stop, how long the batch in progress may take before it is abandoned (and
+    /// redone after the restart). Default 30 s.
+    #[serde(
+        default = "default_stop_timeout",
+        deserialize_with = "config::duration"
+    )]
+    pub stop_timeout: Duration,
     /// Serve Prometheus metrics at `http://<this address>/metrics`, e.g. `127.0.0.1:9187`.
     /// Default: none (no endpoint). Read at start only.
     #[serde(default)]
@@ -73,6 +80,7 @@ impl ReducerConfig {
             queue: default_queue(),
             consumer: default_consumer(),
             poll_period: default_second(),
+            stop_timeout: default_stop_timeout(),
             expire_period: default_second(),
             metrics_listen: None,
         }
@@ -227,5 +235,15 @@ async fn expire_session(
         if sleep_or_stop(period, stop).await {
             return Ok(());
         }
+    }
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl crate::service::StopCap for ReducerConfig {
+    fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
     }
 }

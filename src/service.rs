@@ -15,6 +15,11 @@ use tokio::sync::{mpsc, watch};
 use crate::consumer::{self, BatchHandler, ConsumerError, ConsumerOptions};
 use crate::signals::Control;
 
+/// A daemon configuration's cap on draining at a stop.
+pub trait StopCap {
+    fn stop_timeout(&self) -> std::time::Duration;
+}
+
 /// What the daemon is told to do after its consumer returned.
 enum Next<C> {
     Exit,
@@ -33,7 +38,7 @@ pub async fn run<C, H, L, B>(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), ConsumerError>
 where
-    C: Clone + PartialEq + Debug + Send,
+    C: Clone + PartialEq + Debug + Send + StopCap,
     H: BatchHandler,
     L: Fn() -> Result<C, String>,
     B: Fn(&C) -> Vec<(ConsumerOptions, H)>,
@@ -63,17 +68,25 @@ async fn supervise<C, L>(
     load: Option<&L>,
 ) -> Result<Next<C>, ConsumerError>
 where
-    C: PartialEq + Debug,
+    C: PartialEq + Debug + StopCap,
     L: Fn() -> Result<C, String>,
 {
     tokio::pin!(work);
     let mut next = None;
     let mut listening = true;
+    // Set when a stop was asked for: past it the open batch is abandoned (rolled back with
+    // the connection; PgQ hands it out again), so a stuck batch cannot block a shutdown.
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
+    let mut cap = far;
     loop {
         tokio::select! {
             done = &mut work => {
                 done?;
                 return Ok(next.unwrap_or(Next::Exit));
+            }
+            _ = tokio::time::sleep_until(cap), if cap < far => {
+                tracing::warn!(daemon = name, "The current batch did not finish within stop_timeout; it is redone after the restart");
+                return Ok(Next::Exit);
             }
             msg = control.recv(), if listening => match msg {
                 Some(Control::Reload) => {
@@ -90,6 +103,7 @@ where
                     listening = msg.is_some();
                     tracing::info!(daemon = name, "Stopping after the current batch");
                     next = Some(Next::Exit);
+                    cap = tokio::time::Instant::now() + cfg.stop_timeout();
                     let _ = stop_tx.send(true);
                 }
             }

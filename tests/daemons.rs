@@ -464,3 +464,74 @@ fn unknown_keys_and_bad_values_are_errors() {
         "{err}"
     );
 }
+
+/// A configuration for `pgfan::service::run` in a test: the consumer options and the cap.
+#[derive(Debug, Clone, PartialEq)]
+struct Capped(Duration, String);
+
+impl pgfan::service::StopCap for Capped {
+    fn stop_timeout(&self) -> Duration {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn a_stop_abandons_a_stuck_batch_after_the_stop_timeout() {
+    let db = TestDb::new(Backend::Bundled).await;
+    let client = db.connect().await;
+    client
+        .batch_execute("select pgq.create_queue('cap'); select pgq.register_consumer('cap', 'c1');")
+        .await
+        .unwrap();
+    // Separate transactions: a tick taken inside the inserting transaction cannot see it.
+    client
+        .query_one("select pgq.insert_event('cap', 'e', 'x')", &[])
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pgq.force_tick('cap')")
+        .await
+        .unwrap();
+    client
+        .query_one("select pgq.ticker('cap')", &[])
+        .await
+        .unwrap();
+    let (parked_tx, parked) = oneshot::channel();
+    // Never released: the handler is stuck inside the batch.
+    let (_release, release_rx) = oneshot::channel();
+    let handler = std::sync::Mutex::new(Some(Collect {
+        seen: mpsc::unbounded_channel().0,
+        park: Some((parked_tx, release_rx)),
+    }));
+    let (ctl, rx) = mpsc::unbounded_channel();
+    let cfg = Capped(Duration::from_millis(300), db.conninfo.clone());
+    let daemon = tokio::spawn(pgfan::service::run(
+        "test",
+        cfg,
+        None::<fn() -> Result<Capped, String>>,
+        move |c: &Capped| {
+            let h = handler.lock().unwrap().take().expect("built once");
+            vec![(ConsumerOptions::new(&c.1, "cap", "c1"), h)]
+        },
+        rx,
+    ));
+    parked.await.expect("the handler is inside the batch");
+    let asked = tokio::time::Instant::now();
+    ctl.send(Control::Stop).unwrap();
+    daemon
+        .await
+        .unwrap()
+        .expect("a capped stop is a clean exit");
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited for the batch until the cap: {took:?}"
+    );
+    // The abandoned batch was rolled back: its events come again after the restart.
+    let again = common::next_batch(&client, "cap", "c1")
+        .await
+        .expect("the batch is handed out again");
+    let events = common::batch_events(&client, again.batch_id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data(), "x");
+}

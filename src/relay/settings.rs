@@ -23,6 +23,13 @@ pub struct RelayConfig {
     /// Polling fallback when no tick notification arrives. Default 1 s.
     #[serde(default = "default_poll", deserialize_with = "config::duration")]
     pub poll_period: Duration,
+    /// At a stop, how long the batch in progress may take before it is abandoned (and
+    /// redone after the restart). Default 30 s.
+    #[serde(
+        default = "default_stop_timeout",
+        deserialize_with = "config::duration"
+    )]
+    pub stop_timeout: Duration,
     /// Other databases whose push queues are routed to this master too (TOML
     /// `[[relay.producers]]` tables). Default: none.
     #[serde(default)]
@@ -71,6 +78,7 @@ impl RelayConfig {
             master: master.into(),
             queue: default_queue(),
             consumer: default_consumer(),
+            stop_timeout: default_stop_timeout(),
             poll_period: default_poll(),
             producers: Vec::new(),
             metrics_listen: None,
@@ -120,5 +128,15 @@ impl RelayConfig {
         // Producer batches are routed at their end, so a batch is read in one piece.
         opts.lazy_fetch = 0;
         opts
+    }
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl crate::service::StopCap for RelayConfig {
+    fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
     }
 }

@@ -464,7 +464,7 @@ async fn reducer_records_once_and_applies_policies(backend: Backend) {
     ship(&c, t[1].0, &t[1].1, partial("999", "1")).await; // re-shipped: must not count
     ship(&c, t[2].0, &t[2].1, partial("60", "4")).await;
     ship(&c, t[2].0, "n1", partial("1", "1")).await; // wrong node: dead letter
-                                                     // all: one failed task fails the job with the node's error.
+                                                     // all: once every task finished, one failed task fails the job with the node's error.
     let (failing, f) = routed_job(&c, "all", "select 1/0", "").await;
     ship(
         &c,
@@ -475,6 +475,17 @@ async fn reducer_records_once_and_applies_policies(backend: Backend) {
     .await;
     let failed = json!({"state": "failed", "error": "22012: division by zero", "columns": [], "types": [], "rows": []});
     ship(&c, f[1].0, &f[1].1, failed).await;
+    ship(
+        &c,
+        f[2].0,
+        &f[2].1,
+        done(&["x"], &["integer"], json!([["1"]])),
+    )
+    .await;
+    // failfast: the first failure ends the job at once and cancels the open tasks.
+    let (fast, ff) = routed_job(&c, "all", "select 1/0", ", policy => 'failfast'").await;
+    let failed_fast = json!({"state": "failed", "error": "22012: division by zero", "columns": [], "types": [], "rows": []});
+    ship(&c, ff[0].0, &ff[0].1, failed_fast).await;
     // k:2 is done after two results; concat keeps every partial row, typed.
     let (k2, k) = routed_job(&c, "all", "select id, name from t", ", policy => 'k:2'").await;
     let rows = |id: &str, name: Option<&str>| {
@@ -486,7 +497,7 @@ async fn reducer_records_once_and_applies_policies(backend: Backend) {
     let (late, _) = routed_job(&c, "n1", "select pg_sleep(60)", ", timeout => '200 ms'").await;
 
     let running = reducer(&db);
-    for job in [avg, failing, k2, late] {
+    for job in [avg, failing, fast, k2, late] {
         eventually(
             &db,
             &format!("select state in ('done', 'failed') from pgfan.job where job_id = {job}"),
@@ -532,6 +543,16 @@ async fn reducer_records_once_and_applies_policies(backend: Backend) {
         .unwrap_err();
     assert!(common::db_message(&err).contains("is failed"));
 
+    assert_eq!(job_state(&c, fast).await.0, "failed");
+    let open: i64 = c
+        .query_one(
+            "select count(*) from pgfan.task where job_id = $1 and state = 'cancelled'",
+            &[&fast],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 2, "failfast cancels the tasks still open");
     assert_eq!(job_state(&c, k2).await.0, "done");
     let rows: Vec<serde_json::Value> = c
         .query("select * from pgfan.result($1)", &[&k2])

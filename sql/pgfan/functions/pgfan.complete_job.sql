@@ -1,7 +1,9 @@
 -- pgfan.complete_job(job_id): finish the job if its results allow it, by its policy.
 --
---   all       done when every task is done; failed as soon as one task failed
---   failfast  the same, named for clarity: the first failure ends the job
+--   all       done when every task is done; failed once every task has finished and
+--             one of them failed (the others run to the end, so retry_failed re-runs
+--             only what failed)
+--   failfast  the first failure ends the job and cancels its open tasks
 --   k:<n>     done when n tasks are done (the rest are cancelled); failed once n can no
 --             longer be reached
 -- A done job is reduced (pgfan.reduce_job); a failing reduce fails the job with its
@@ -40,7 +42,8 @@ begin
             return pgfan.finish_job(i_job_id, 'failed', 'reduce failed: ' || sqlerrm);
         end;
         return pgfan.finish_job(i_job_id, 'done', null);
-    elsif (v_job.policy not like 'k:%' and v_failed > 0) or v_total - v_lost < v_need then
+    elsif (v_job.policy = 'failfast' and v_failed > 0)
+       or (v_total - v_lost < v_need and (v_job.policy <> 'all' or v_done + v_lost = v_total)) then
         return pgfan.finish_job(i_job_id, 'failed',
             format('%s of %s tasks failed: %s', v_failed, v_total, coalesce(v_errors, 'cancelled')));
     end if;

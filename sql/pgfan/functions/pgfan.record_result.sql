@@ -2,7 +2,7 @@
 --
 -- Results can arrive more than once (a node that crashed between shipping and marking
 -- the task shipped sends it again), so only the first result of a task counts: the
--- task row is locked and a task already done/failed/cancelled is left alone. A result
+-- task row is locked and a task already done or failed is left alone. A result
 -- for an unknown task, or from a node the task does not belong to, is a dead letter.
 -- Failed tasks are also listed as dead letters, with their error, for `retry_failed`.
 -- Returns the task's job id when the result was recorded, NULL otherwise.
@@ -26,7 +26,10 @@ begin
                      else format('pgfan: result with invalid state %L', v_state) end);
         return null;
     end if;
-    if v_task.state in ('done', 'failed', 'cancelled') then
+    -- A task the master cancelled may still have run: the node's report of what really
+    -- happened replaces the cancel; any other second result is a re-shipped duplicate.
+    if v_task.state in ('done', 'failed')
+       or (v_task.state = 'cancelled' and v_state = 'cancelled') then
         return null;
     end if;
     update pgfan.task

@@ -148,13 +148,14 @@ async fn consumers(c: &Client, limits: Limits) -> Result<Vec<Consumer>, tokio_po
     Ok(rows
         .iter()
         .map(|r| {
-            let lag_s = r.get::<_, Option<f64>>(2).unwrap_or(0.0);
+            // Clock readings a moment apart can make a fresh lag slightly negative.
+            let lag_s = r.get::<_, Option<f64>>(2).unwrap_or(0.0).max(0.0);
             let pending: i64 = r.get::<_, Option<i64>>(4).unwrap_or(0);
             Consumer {
                 queue: r.get(0),
                 consumer: r.get(1),
                 lag_s,
-                last_seen_s: r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+                last_seen_s: r.get::<_, Option<f64>>(3).unwrap_or(0.0).max(0.0),
                 pending_events: pending,
                 // An idle queue's consumer "lags" since the last tick; only pending work counts.
                 attention: pending > 0 && lag_s > limits.max_lag.as_secs_f64(),

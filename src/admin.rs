@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 /// Errors of the operator commands.
 #[derive(Debug, Error)]
 pub enum AdminError {
-    #[error("{}", db_text(.0))]
+    #[error("{}", crate::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("job {job} is {state}: {detail}")]
     JobNotDone {
@@ -25,14 +25,6 @@ pub enum AdminError {
     },
     #[error("progress display: {0}")]
     Progress(String),
-}
-
-/// The server's message for database errors (tokio-postgres alone says "db error").
-fn db_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => d.message().to_string(),
-        None => e.to_string(),
-    }
 }
 
 /// `pgfan submit`: what to run, where, and how to combine it.

@@ -129,6 +129,19 @@ fn key_line(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     anywhere
 }
 
+/// `cfg` when its cross-field `check` passes, else an error naming `path`.
+pub fn checked<T>(
+    path: &Path,
+    cfg: T,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ConfigError> {
+    check(&cfg).map_err(|msg| ConfigError::Invalid {
+        path: path.into(),
+        msg,
+    })?;
+    Ok(cfg)
+}
+
 /// The `PGFAN_<SECTION>__<KEY>` variables. Others with the prefix, such as `PGFAN_LOG`,
 /// are not settings and would otherwise be read as unknown top-level keys.
 fn overrides() -> config::Map<String, String> {

@@ -88,20 +88,19 @@ impl ReducerConfig {
 
     /// Reads the `[reducer]` section of a TOML or INI file.
     pub fn load(path: &Path) -> Result<ReducerConfig, ConfigError> {
-        let cfg = config::load::<ReducerFile>(path)?.reducer;
-        if cfg.expire_period.is_zero() || cfg.poll_period.is_zero() {
-            return Err(ConfigError::Invalid {
-                path: path.into(),
-                msg: "poll_period and expire_period must be greater than zero".into(),
-            });
+        config::checked(
+            path,
+            config::load::<ReducerFile>(path)?.reducer,
+            Self::check,
+        )
+    }
+
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), String> {
+        if self.expire_period.is_zero() || self.poll_period.is_zero() {
+            return Err("poll_period and expire_period must be greater than zero".into());
         }
-        crate::metrics::listen_addr(cfg.metrics_listen.as_deref()).map_err(|msg| {
-            ConfigError::Invalid {
-                path: path.into(),
-                msg,
-            }
-        })?;
-        Ok(cfg)
+        crate::metrics::listen_addr(self.metrics_listen.as_deref()).map(|_| ())
     }
 
     fn consumer_options(&self) -> ConsumerOptions {

@@ -111,7 +111,9 @@ where
     }
 }
 
-fn reloaded<C, L>(name: &'static str, cfg: &C, load: Option<&L>) -> Option<C>
+/// The configuration `load` gives on a reload, if it is valid and differs from `cfg`; a bad
+/// one is logged at ERROR and the running one kept.
+pub(crate) fn reloaded<C, L>(name: &'static str, cfg: &C, load: Option<&L>) -> Option<C>
 where
     C: PartialEq + Debug,
     L: Fn() -> Result<C, String>,

@@ -109,12 +109,11 @@ impl NodeConfig {
 
     /// Reads and checks a TOML or INI file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let cfg = config::load::<NodeFile>(path)?.node;
-        cfg.check().map_err(|msg| ConfigError::Invalid {
-            path: path.into(),
-            msg,
-        })?;
-        Ok(cfg)
+        config::checked(
+            path,
+            config::load::<NodeFile>(path)?.node,
+            NodeConfig::check,
+        )
     }
 
     /// Cross-field checks.

@@ -87,12 +87,11 @@ impl RelayConfig {
 
     /// Reads the `[relay]` section of a TOML or INI file.
     pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
-        let cfg = config::load::<RelayFile>(path)?.relay;
-        cfg.check().map_err(|msg| ConfigError::Invalid {
-            path: path.into(),
-            msg,
-        })?;
-        Ok(cfg)
+        config::checked(
+            path,
+            config::load::<RelayFile>(path)?.relay,
+            RelayConfig::check,
+        )
     }
 
     /// Cross-field checks.

@@ -154,12 +154,11 @@ struct TickerFile {
 impl TickerConfig {
     /// Reads and checks a TOML or INI file.
     pub fn load(path: &Path) -> Result<TickerConfig, ConfigError> {
-        let cfg = config::load::<TickerFile>(path)?.ticker;
-        cfg.check().map_err(|msg| ConfigError::Invalid {
-            path: path.into(),
-            msg,
-        })?;
-        Ok(cfg)
+        config::checked(
+            path,
+            config::load::<TickerFile>(path)?.ticker,
+            TickerConfig::check,
+        )
     }
 
     /// Cross-field checks.
@@ -229,7 +228,8 @@ pub async fn run(
             _ = wait => {}
             msg = control.recv() => match msg {
                 Some(Control::Reload) => {
-                    if let Some(new) = reload(path.as_deref(), &cfg) {
+                    let load = path.as_deref().map(|p| move || TickerConfig::load(p).map_err(|e| e.to_string()));
+                    if let Some(new) = crate::service::reloaded("ticker", cfg.as_ref(), load.as_ref()) {
                         cfg = Arc::new(new);
                         stop_all(&mut workers, false).await;
                     }
@@ -245,24 +245,6 @@ pub async fn run(
                     return Ok(());
                 }
             }
-        }
-    }
-}
-
-fn reload(path: Option<&Path>, old: &TickerConfig) -> Option<TickerConfig> {
-    let path = path?;
-    match TickerConfig::load(path) {
-        Ok(new) if new == *old => {
-            tracing::info!(path = %path.display(), "Configuration unchanged");
-            None
-        }
-        Ok(new) => {
-            tracing::info!(path = %path.display(), "Configuration reloaded");
-            Some(new)
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "Configuration reload failed; keeping the running configuration");
-            None
         }
     }
 }

@@ -9,6 +9,7 @@ returns integer as $$
 declare
     v_job record;
     v_n integer := 0;
+    v_error text;
 begin
     for v_job in
         select j.job_id,
@@ -20,11 +21,10 @@ begin
            for update of j skip locked
     loop
         if pgfan.complete_job(v_job.job_id) is null then
+            v_error := format('timeout: %s of %s tasks done', v_job.done, v_job.total);
             insert into pgfan.dead_letter (source, job_id, error)
-            values ('reducer', v_job.job_id,
-                    format('timeout: %s of %s tasks done', v_job.done, v_job.total));
-            perform pgfan.finish_job(v_job.job_id, 'failed',
-                format('timeout: %s of %s tasks done', v_job.done, v_job.total));
+            values ('reducer', v_job.job_id, v_error);
+            perform pgfan.finish_job(v_job.job_id, 'failed', v_error);
         end if;
         v_n := v_n + 1;
     end loop;

@@ -1,0 +1,10 @@
+//! Case consume (being written).
+
+use anyhow::{bail, Result};
+
+use crate::report::Row;
+use crate::rig::Ctx;
+
+pub async fn run(_ctx: &Ctx) -> Result<Vec<Row>> {
+    bail!("case consume is not written yet")
+}

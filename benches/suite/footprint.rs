@@ -1,0 +1,10 @@
+//! Case footprint (being written).
+
+use anyhow::{bail, Result};
+
+use crate::report::Row;
+use crate::rig::Ctx;
+
+pub async fn run(_ctx: &Ctx) -> Result<Vec<Row>> {
+    bail!("case footprint is not written yet")
+}

@@ -1,0 +1,255 @@
+//! What every case needs: clusters with the benchmark settings, the reference PgQ tools
+//! (pgqd, python3-pgq, pgbench) as child processes, and a few timing helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use pgfan::cluster::Cluster;
+use pgfan::install::{self, Role};
+use tokio_postgres::Client;
+
+/// postgresql.conf of every benchmark cluster, on top of pgfan's throwaway-cluster base
+/// (fsync, synchronous_commit and full_page_writes off, listen on 127.0.0.1). Recorded in the
+/// results so a reader knows durability was off for pgfan and the baselines alike.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "'128MB'"),
+    ("max_connections", "300"),
+    ("max_wal_size", "'1GB'"),
+    ("checkpoint_timeout", "'30min'"),
+];
+
+/// The settings as reported: base settings of pgfan's clusters plus [`SETTINGS`].
+pub fn reported_settings() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = [
+        ("fsync", "off"),
+        ("synchronous_commit", "off"),
+        ("full_page_writes", "off"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    v.extend(
+        SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string())),
+    );
+    v
+}
+
+/// The interpreter python3-pgq is installed for (the first python3 on PATH may be another build).
+pub const PYTHON: &str = "/usr/bin/python3";
+/// pgqd from the Debian package.
+pub const PGQD: &str = "/usr/bin/pgqd";
+
+/// Run-wide options and the notes cases leave for the report (settings they used).
+pub struct Ctx {
+    /// Small sizes, for a smoke run.
+    pub quick: bool,
+    /// Repetitions per measurement; each row reports the median.
+    pub runs: usize,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Ctx {
+    pub fn new(quick: bool, runs: usize) -> Ctx {
+        Ctx {
+            quick,
+            runs,
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `full` normally, `quick` in a quick run.
+    pub fn size(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    /// Records a note (settings, caveats) printed with the results.
+    pub fn note(&self, case: &str, text: impl AsRef<str>) {
+        let line = format!("{case}: {}", text.as_ref());
+        println!("  note {line}");
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(line);
+        }
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts a cluster with the benchmark settings.
+pub async fn cluster() -> Result<Cluster> {
+    Ok(tokio::task::spawn_blocking(|| Cluster::start_with(SETTINGS)).await??)
+}
+
+/// Connects to `conninfo`.
+pub async fn connect(conninfo: &str) -> Result<Client> {
+    Ok(pgfan::db::connect_client(conninfo).await?)
+}
+
+/// Creates database `name` on `cluster` and returns a session on it.
+pub async fn create_db(cluster: &Cluster, name: &str) -> Result<Client> {
+    let admin = connect(&cluster.conninfo("postgres")).await?;
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .with_context(|| format!("create database {name}"))?;
+    connect(&cluster.conninfo(name)).await
+}
+
+/// A database with pgfan's bundled queue core (`pgfan install --role queue`).
+pub async fn bundled_db(cluster: &Cluster, name: &str) -> Result<Client> {
+    let mut c = create_db(cluster, name).await?;
+    install::install(&mut c, Role::Queue).await?;
+    Ok(c)
+}
+
+/// A database with the real PgQ extension (Debian's postgresql-15-pgq3).
+pub async fn extension_db(cluster: &Cluster, name: &str) -> Result<Client> {
+    let c = create_db(cluster, name).await?;
+    c.batch_execute("create extension pgq")
+        .await
+        .context("create extension pgq (is postgresql-15-pgq3 installed?)")?;
+    Ok(c)
+}
+
+/// A child process killed (and reaped) when dropped, so a failing case leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts pgqd for `dbs` on `cluster` with `extra` ini lines (e.g. "ticker_period = 1").
+pub fn start_pgqd(cluster: &Cluster, dbs: &[&str], extra: &str) -> Result<KillOnDrop> {
+    let ini = cluster.dir().join(format!("pgqd-{}.ini", dbs.join("-")));
+    std::fs::write(
+        &ini,
+        format!(
+            "[pgqd]\nbase_connstr = host=127.0.0.1 port={} user=postgres\ndatabase_list = {}\nlogfile = {}\nsyslog = 0\n{extra}\n",
+            cluster.port(),
+            dbs.join(","),
+            cluster.dir().join("pgqd.log").display()
+        ),
+    )?;
+    let child = Command::new(PGQD)
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start pgqd (Debian package pgqd)")?;
+    Ok(KillOnDrop(child))
+}
+
+/// Path of a baseline script in benches/suite/python/.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/suite/python")
+        .join(name)
+}
+
+/// Starts a python3-pgq script with `args`; its output goes to `log`.
+pub fn spawn_python(script: &str, args: &[&str], log: &Path) -> Result<KillOnDrop> {
+    let out = std::fs::File::create(log)?;
+    let child = Command::new(PYTHON)
+        .arg(python_script(script))
+        .args(args)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("start {script} under {PYTHON} (python3-pgq)"))?;
+    Ok(KillOnDrop(child))
+}
+
+/// Runs pgbench against `db` on `cluster` with a script file and returns transactions/s
+/// (without initial connection time).
+pub fn pgbench(
+    cluster: &Cluster,
+    db: &str,
+    script: &Path,
+    clients: u32,
+    seconds: u32,
+) -> Result<f64> {
+    let out = Command::new(cluster.bindir().join("pgbench"))
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(script)
+        .arg(db)
+        .output()
+        .context("run pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("tps = ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .with_context(|| format!("no tps in pgbench output: {text}"))
+}
+
+/// Polls `sql` (one boolean) every `every` until it is true or `limit` passes; returns when it
+/// became true. Used only to notice the end of a benchmark run where no signal exists (rows
+/// appearing in a baseline's node database); the polling period bounds the error.
+pub async fn until(
+    client: &Client,
+    sql: &str,
+    every: Duration,
+    limit: Duration,
+) -> Result<Instant> {
+    let start = Instant::now();
+    loop {
+        let done: bool = client.query_one(sql, &[]).await?.get(0);
+        if done {
+            return Ok(Instant::now());
+        }
+        if start.elapsed() > limit {
+            bail!("not done after {limit:?}: {sql}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Seconds as f64.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Milliseconds as f64.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

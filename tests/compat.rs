@@ -3,7 +3,8 @@
 //! Clients see functions (names, argument names and types, OUT columns, security), tables
 //! (columns, types, defaults, constraints) and privileges. The same catalog queries run on a
 //! database with each backend; the results must be equal row for row, except for the
-//! documented hardening (a pinned search_path on SECURITY DEFINER functions).
+//! documented hardening (a pinned search_path on SECURITY DEFINER functions) and pgfan's
+//! private helpers (`pgq._pgfan_*`, owner-only: the generated insert path).
 
 mod common;
 
@@ -17,7 +18,7 @@ const FUNCTIONS: &str = "
            || ' volatility=' || p.provolatile::text || case when p.proisstrict then ' strict' else '' end
            || ' acl=' || coalesce(array_to_string(array(select unnest(p.proacl)::text order by 1), ' '), '-')
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-     where n.nspname = 'pgq'
+     where n.nspname = 'pgq' and p.proname not like '\\_pgfan\\_%'
      order by 1";
 
 const COLUMNS: &str = "
@@ -107,6 +108,7 @@ async fn security_definer_functions_pin_search_path() {
         .query(
             "select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
               where n.nspname = 'pgq' and p.prosecdef
+                and p.oid <> 'pgq.insert_event(text,text,text,text,text,text,text)'::regprocedure
                 and not exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%')",
             &[],
         )
@@ -119,4 +121,61 @@ async fn security_definer_functions_pin_search_path() {
         unpinned.is_empty(),
         "SECURITY DEFINER without a pinned search_path: {unpinned:?}"
     );
+}
+
+/// insert_event is the one SECURITY DEFINER function without a pinned search_path (it is the
+/// producers' hot path); it names everything schema-qualified instead. A writer who puts its
+/// own schema first, with look-alike operators and functions that would run as the owner,
+/// must not get them called.
+#[tokio::test]
+async fn insert_event_ignores_a_hostile_search_path() {
+    let db = TestDb::new(Backend::Bundled).await;
+    let client = db.connect().await;
+    client
+        .batch_execute(
+            "select pgq.create_queue('q');
+             do $$ begin
+                 if not exists (select 1 from pg_roles where rolname = 'hostile_writer') then
+                     create role hostile_writer login;
+                 end if;
+             end $$;
+             grant pgq_writer to hostile_writer;
+             create schema evil authorization hostile_writer;",
+        )
+        .await
+        .unwrap();
+    let w = db.connect_as("hostile_writer").await;
+    w.batch_execute(
+        "create function evil.hijack_int(integer, integer) returns boolean
+             language plpgsql as $$ begin raise exception 'hijacked: int ='; end $$;
+         create operator evil.= (leftarg = integer, rightarg = integer, function = evil.hijack_int);
+         create operator evil.< (leftarg = integer, rightarg = integer, function = evil.hijack_int);
+         create function evil.hijack_text(text, text) returns boolean
+             language plpgsql as $$ begin raise exception 'hijacked: text ='; end $$;
+         create operator evil.= (leftarg = text, rightarg = text, function = evil.hijack_text);
+         create function evil.now() returns timestamptz
+             language plpgsql as $$ begin raise exception 'hijacked: now()'; end $$;
+         create function evil.nextval(regclass) returns bigint
+             language plpgsql as $$ begin raise exception 'hijacked: nextval()'; end $$;
+         set search_path = evil, pg_catalog, public;",
+    )
+    .await
+    .unwrap();
+    for call in [
+        "select pgq.insert_event('q', 't', 'd')",
+        "select pgq.insert_event('q', 't', 'd', 'e1', null, null, null)",
+    ] {
+        let id: i64 = w
+            .query_one(call, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{call}: {}", common::db_message(&e)))
+            .get(0);
+        assert!(id > 0, "{call}");
+    }
+    let n: i64 = client
+        .query_one("select count(*) from pgq.event_template", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
 }

@@ -300,7 +300,61 @@ async fn unknown_queue_errors_match(backend: Backend) {
     );
 }
 
+/// Many queues, some dropped in between, each rotated a different number of times: every
+/// event lands in its own queue (the bundled core's insert path dispatches on queue id over
+/// generated per-table INSERTs, rebuilt by create_queue and drop_queue).
+async fn events_land_in_their_own_queue_among_many(backend: Backend) {
+    let names: Vec<String> = (0..23).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let (_db, client) = queue_db(backend, &refs).await;
+    for (i, q) in names.iter().enumerate() {
+        if i % 5 == 2 {
+            client
+                .query_one("select pgq.drop_queue($1)", &[q])
+                .await
+                .unwrap();
+        } else {
+            register(&client, q, "c").await;
+        }
+    }
+    let live: Vec<&String> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 != 2)
+        .map(|(_, q)| q)
+        .collect();
+    for (i, q) in live.iter().enumerate() {
+        // Moves the queue's current table i % 3 times, so all three tables take inserts.
+        for _ in 0..i % 3 {
+            client
+                .batch_execute(&format!(
+                    "update pgq.queue set queue_cur_table = (queue_cur_table + 1) % queue_ntables
+                      where queue_name = '{q}'"
+                ))
+                .await
+                .unwrap();
+        }
+        insert_event(&client, q, "t", &format!("for {q}")).await;
+        client
+            .query_one(
+                "select pgq.insert_event($1, 't', $2, null, null, null, null)",
+                &[q, &format!("also for {q}")],
+            )
+            .await
+            .unwrap();
+    }
+    for q in &live {
+        tick(&client, q).await;
+        assert_eq!(
+            all_data(&consume_all(&client, q, "c").await),
+            vec![format!("also for {q}"), format!("for {q}")],
+            "queue {q}"
+        );
+    }
+}
+
 both_backends!(
+    events_land_in_their_own_queue_among_many,
     insert_event_forms_store_all_fields,
     copy_into_current_event_table_is_delivered,
     per_transaction_limit_rejects_the_extra_event,

@@ -5,7 +5,8 @@
 -- and queue_ntables children that rotation cycles through. Tables are named by
 -- queue id, not name, so any queue name is safe. The children need ev_id and ev_txid
 -- defaults for producers that COPY into current_event_table(). The first tick is made
--- right away: consumers register at the latest tick and need one to exist.
+-- right away: consumers register at the latest tick and need one to exist. insert_event_raw
+-- is rebuilt so that the new queue gets its static INSERTs.
 create or replace function pgq.create_queue(i_queue_name text)
 returns integer as $$
 declare
@@ -42,6 +43,7 @@ begin
 
     perform pgq.tune_storage(i_queue_name);
     perform pgq.grant_perms(i_queue_name);
+    perform pgq._pgfan_build_insert_event_raw();
     perform pgq.ticker(i_queue_name);
     return 1;
 end;

@@ -2,7 +2,8 @@
 --
 -- Without force a queue that still has consumers is refused, since dropping it would
 -- silently lose their unread events. With force the subscriptions, their pending
--- retries and consumer names no other queue uses are removed first. Returns 1.
+-- retries and consumer names no other queue uses are removed first. insert_event_raw is
+-- rebuilt without the queue's INSERTs. Returns 1.
 create or replace function pgq.drop_queue(x_queue_name text)
 returns integer as $$
 begin
@@ -48,6 +49,7 @@ begin
 
     execute 'drop sequence ' || pgq.quote_fqname(q.queue_tick_seq);
     execute 'drop sequence ' || pgq.quote_fqname(q.queue_event_seq);
+    perform pgq._pgfan_build_insert_event_raw();
     return 1;
 end;
 $$ language plpgsql security definer

@@ -124,8 +124,11 @@ async fn copy_rate(cluster: &Cluster, rows: usize, sessions: usize) -> Result<f6
     for _ in 0..sessions {
         clients.push(rig::connect(&cluster.conninfo("bundled")).await?);
     }
-    let mut payload = String::with_capacity(rows * (DATA.len() + 4));
+    // PgQ's event tables have no ev_time default; producers that COPY supply it.
+    let now = "2026-01-01 00:00:00+00\t";
+    let mut payload = String::with_capacity(rows * (DATA.len() + now.len() + 4));
     for _ in 0..rows {
+        payload.push_str(now);
         payload.push_str("ev\t");
         payload.push_str(DATA);
         payload.push('\n');
@@ -141,7 +144,7 @@ async fn copy_rate(cluster: &Cluster, rows: usize, sessions: usize) -> Result<f6
                 .await?
                 .get(0);
             let sink = c
-                .copy_in::<_, Bytes>(&format!("copy {table} (ev_type, ev_data) from stdin"))
+                .copy_in::<_, Bytes>(&format!("copy {table} (ev_time, ev_type, ev_data) from stdin"))
                 .await?;
             futures_util::pin_mut!(sink);
             sink.send(payload).await?;

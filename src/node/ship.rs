@@ -111,7 +111,7 @@ async fn ship_chunk(s: &mut Sessions, node_name: &str) -> Result<usize, tokio_po
         let job_id: Option<String> = r.get(1);
         let result: String = r.get(2);
         tx.query_one(
-            "select pgq.insert_event($1, 'result', $2, $3, $4, $5, null)",
+            "select pgfan.enqueue($1, 'result', $2, $3, $4, $5, null)",
             &[
                 &RESULTS_QUEUE,
                 &result,

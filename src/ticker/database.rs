@@ -1,13 +1,15 @@
 //! One database's ticker and maintenance sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+use super::urgent::{self, Missed};
 use super::TickerConfig;
+use crate::db::Session;
 use crate::outage::{sleep_or_stop, Outage};
 
 /// Session advisory lock held by the active ticker of a database ("pgq.tick").
@@ -59,12 +61,12 @@ async fn session_loop(
 ) {
     let mut outage = Outage::new(what, db.clone());
     loop {
-        let result = match crate::db::connect_client(&cfg.conninfo(&db)).await {
-            Ok(client) => {
+        let result = match crate::db::connect(&cfg.conninfo(&db)).await {
+            Ok(mut session) => {
                 outage.recovered();
                 match what {
-                    "ticker" => ticker_session(&client, &db, &cfg, &mut stop).await,
-                    _ => maint_session(&client, &db, &cfg, &mut stop).await,
+                    "ticker" => ticker_session(&mut session, &db, &cfg, &mut stop).await,
+                    _ => maint_session(&session.client, &db, &cfg, &mut stop).await,
                 }
             }
             Err(err) => Err(err),
@@ -103,11 +105,12 @@ async fn pgq_ready(client: &Client, db: &str) -> Result<bool, tokio_postgres::Er
 }
 
 async fn ticker_session(
-    client: &Client,
+    session: &mut Session,
     db: &str,
     cfg: &TickerConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<End, tokio_postgres::Error> {
+    let client = &session.client;
     if !pgq_ready(client, db).await? {
         return Ok(End::NoPgq);
     }
@@ -120,46 +123,83 @@ async fn ticker_session(
         return Ok(End::NoPgq);
     }
     tracing::info!(db, "Ticking");
+    client
+        .batch_execute(&format!("listen {}", urgent::WAKE_CHANNEL))
+        .await?;
     let poll = client.prepare(POLL_SQL).await?;
     let tick = client.prepare(TICK_SQL).await?;
     let opened = Instant::now();
     let mut seen: HashMap<String, Option<i64>> = HashMap::new();
     // When each queue's sequence last moved. A queue stays due for a tick offer at every
-    // poll for one ticker_period after that: the sequence moves when an event is inserted,
-    // not when its transaction commits, so the tick taken at that moment can miss a
-    // transaction still open; the next offers pick it up (PgQ's own lag rules decide
-    // whether they tick) instead of leaving it to the next full round.
+    // poll for one ticker_period after that (PgQ's own lag rules decide whether it ticks),
+    // and during that window it is also checked for events that its last tick missed
+    // because their transaction was still open (see urgent.rs).
     let mut moved_at: HashMap<String, Instant> = HashMap::new();
+    let mut missed = Missed::default();
+    let mut woken: HashSet<String> = HashSet::new();
     let mut next_full = Instant::now();
     loop {
         let now = Instant::now();
+        let mut quiet = Vec::new();
         for row in client.query(&poll, &[]).await? {
             let (queue, pos): (String, Option<i64>) = (row.get(0), row.get(1));
             if seen.insert(queue.clone(), pos) != Some(pos) {
                 moved_at.insert(queue, now);
+            } else if moved_at.contains_key(&queue) {
+                quiet.push(queue);
             }
         }
         moved_at.retain(|_, at| now.duration_since(*at) < cfg.ticker_period);
+        quiet.retain(|q| moved_at.contains_key(q));
+        let mut urgent: HashSet<String> = woken.drain().collect();
+        urgent.extend(missed.find(client, &quiet).await?);
         let due: Option<Vec<String>> = if now >= next_full {
             next_full = now + cfg.ticker_period;
             None
         } else {
-            Some(moved_at.keys().cloned().collect())
+            Some(moved_at.keys().chain(urgent.iter()).cloned().collect())
         };
         if due.as_ref().is_none_or(|q| !q.is_empty()) {
-            for row in client.query(&tick, &[&due]).await? {
-                let (queue, tick_id): (String, i64) = (row.get(0), row.get(1));
-                tracing::trace!(db, queue, tick_id, "Ticked");
-                metrics::counter!("pgfan_ticker_ticks_total", "db" => db.to_string()).increment(1);
+            for queue in offer_ticks(client, &tick, &due, db).await? {
+                urgent.remove(&queue);
             }
+        }
+        if !urgent.is_empty() {
+            // pgq.ticker declined them as idle: their events were counted by a tick that
+            // could not see them yet.
+            let urgent: Vec<String> = urgent.into_iter().collect();
+            client
+                .execute(
+                    "select pgq.force_tick(q) from unnest($1::text[]) q",
+                    &[&urgent],
+                )
+                .await?;
+            offer_ticks(client, &tick, &Some(urgent), db).await?;
         }
         if opened.elapsed() >= cfg.connection_lifetime {
             return Ok(End::Recycle);
         }
-        if sleep_or_stop(cfg.poll_period, stop).await {
+        if urgent::wait(cfg.poll_period, &mut session.messages, stop, &mut woken).await {
             return Ok(End::Stop);
         }
     }
+}
+
+/// Runs TICK_SQL for `due` (all queues when None); returns the queues that ticked.
+async fn offer_ticks(
+    client: &Client,
+    tick: &tokio_postgres::Statement,
+    due: &Option<Vec<String>>,
+    db: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut ticked = Vec::new();
+    for row in client.query(tick, &[due]).await? {
+        let (queue, tick_id): (String, i64) = (row.get(0), row.get(1));
+        tracing::trace!(db, queue, tick_id, "Ticked");
+        metrics::counter!("pgfan_ticker_ticks_total", "db" => db.to_string()).increment(1);
+        ticked.push(queue);
+    }
+    Ok(ticked)
 }
 
 async fn maint_session(

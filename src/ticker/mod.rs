@@ -13,6 +13,9 @@
 //! `ticker_max_lag` low on queues that need low latency.
 
 mod database;
+mod urgent;
+
+pub use urgent::WAKE_CHANNEL;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ begin
     end if;
     if v_dl.source = 'relay' then
         v_done := format('requeued as event %s of push_queue',
-            pgq.insert_event('push_queue', coalesce(v_dl.ev_type, ''), v_dl.ev_data,
+            pgfan.enqueue('push_queue', coalesce(v_dl.ev_type, ''), v_dl.ev_data,
                              v_dl.ev_target, null, null, null));
     elsif v_dl.source = 'node' and v_dl.job_id is not null then
         v_done := format('%s failed task(s) of job %s queued again',

@@ -23,7 +23,7 @@ begin
         values (i_job_id, v_task.node_name, v_task.part_no, v_task.kind, v_task.payload,
                 v_task.lane, v_task.options)
         returning task_id into v_new;
-        perform pgq.insert_event(v_task.queue_name, v_task.kind, v_task.payload, v_new::text,
+        perform pgfan.enqueue(v_task.queue_name, v_task.kind, v_task.payload, v_new::text,
                                  i_job_id::text, v_task.lane, v_task.options);
         delete from pgfan.task where task_id = v_task.task_id;
         v_n := v_n + 1;

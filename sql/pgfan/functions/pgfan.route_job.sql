@@ -36,7 +36,7 @@ begin
             values (i_job_id, v_node.node_name, i - 1, v_job.kind, i_payloads[i], i_lanes[i],
                     nullif(i_options, ''))
             returning task_id into v_task;
-            perform pgq.insert_event(v_node.queue_name, v_job.kind, i_payloads[i],
+            perform pgfan.enqueue(v_node.queue_name, v_job.kind, i_payloads[i],
                                      v_task::text, i_job_id::text, i_lanes[i],
                                      nullif(i_options, ''));
             v_n := v_n + 1;

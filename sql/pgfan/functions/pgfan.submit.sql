@@ -52,7 +52,7 @@ begin
     insert into pgfan.job (kind, target, params, reduce, policy, deadline)
     values (v_kind, submit.target, v_params, submit.reduce, submit.policy, now() + submit.timeout)
     returning job_id into v_job;
-    perform pgq.insert_event('push_queue', v_kind, 'job=' || v_job, submit.target, null, null, null);
+    perform pgfan.enqueue('push_queue', v_kind, 'job=' || v_job, submit.target, null, null, null);
     return v_job;
 end;
 $$ language plpgsql

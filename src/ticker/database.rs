@@ -151,7 +151,7 @@ async fn ticker_session(
         }
         moved_at.retain(|_, at| now.duration_since(*at) < cfg.ticker_period);
         quiet.retain(|q| moved_at.contains_key(q));
-        let mut urgent: HashSet<String> = woken.drain().collect();
+        let mut urgent: HashSet<String> = std::mem::take(&mut woken);
         urgent.extend(missed.find(client, &quiet).await?);
         let due: Option<Vec<String>> = if now >= next_full {
             next_full = now + cfg.ticker_period;

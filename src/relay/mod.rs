@@ -11,6 +11,7 @@
 
 mod producer;
 pub mod request;
+mod route;
 mod settings;
 
 use std::path::Path;
@@ -20,7 +21,7 @@ use tokio_postgres::Transaction;
 use crate::consumer::{BatchHandler, BatchRef, HandlerError, RetryEvent};
 use crate::pgq::Event;
 use producer::Remote;
-use request::{Kind, Request, RequestError};
+use route::{is_request_error, job_hint, Routing};
 pub use settings::{ProducerConfig, RelayConfig};
 
 /// Runs the relay until Stop/Quit; `path` is re-read on Reload.
@@ -78,10 +79,10 @@ impl Relay {
     async fn route(&self, tx: &Transaction<'_>, e: &Event) -> Result<(), HandlerError> {
         tx.batch_execute("savepoint pgfan_route").await?;
         let on_master = self.on_master;
-        let error = match route_event(tx, &self.source, on_master, e).await {
-            Ok(tasks) => {
+        let error = match route::one(tx, &self.source, on_master, e).await {
+            Ok(job) => {
                 tx.batch_execute("release savepoint pgfan_route").await?;
-                tracing::debug!(source = %self.source, ev_id = e.id, tasks, "Routed");
+                tracing::debug!(source = %self.source, ev_id = e.id, job, "Routed");
                 metrics::counter!("pgfan_relay_jobs_routed_total", "queue" => self.source.clone())
                     .increment(1);
                 return Ok(());
@@ -127,8 +128,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Routes `events` in `tx`, one savepoint each.
+    /// Routes `events` in `tx`: the whole batch at once, or when something in it is bad,
+    /// one savepoint each.
     async fn route_all(&self, tx: &Transaction<'_>, events: &[Event]) -> Result<(), HandlerError> {
+        if route::batch(tx, &self.source, self.on_master, events).await? {
+            tracing::debug!(source = %self.source, events = events.len(), "Routed batch");
+            metrics::counter!("pgfan_relay_jobs_routed_total", "queue" => self.source.clone())
+                .increment(events.len() as u64);
+            return Ok(());
+        }
         for e in events {
             self.route(tx, e).await?;
         }
@@ -162,139 +170,4 @@ impl BatchHandler for Relay {
         self.remote = Some(remote);
         routed
     }
-}
-
-/// How routing one event went wrong.
-enum Routing {
-    /// The event itself is bad.
-    Bad { job: Option<i64>, error: String },
-    /// The database said no: bad input (a raised pgfan error) or trouble.
-    Db(tokio_postgres::Error),
-}
-
-impl From<tokio_postgres::Error> for Routing {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Routing::Db(e)
-    }
-}
-
-fn bad(job: Option<i64>, err: RequestError) -> Routing {
-    Routing::Bad {
-        job,
-        error: err.to_string(),
-    }
-}
-
-/// Errors raised by pgfan's SQL about the request (P0001 raise_exception) or its data
-/// (class 22, e.g. an invalid value) are the event's fault, not the database's.
-fn is_request_error(err: &tokio_postgres::Error) -> bool {
-    err.code().is_some_and(|c| {
-        let c = c.code();
-        c == "P0001" || c.starts_with("22")
-    })
-}
-
-/// The job id a raw event names, for failing it when the event is otherwise unreadable.
-fn job_hint(e: &Event) -> Option<i64> {
-    let data = e.data.as_deref()?;
-    crate::urlenc::decode(data)
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == "job")
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-async fn route_event(
-    tx: &Transaction<'_>,
-    source: &str,
-    on_master: bool,
-    e: &Event,
-) -> Result<i32, Routing> {
-    let job_hint = job_hint(e);
-    let ev_type = e.ev_type.as_deref().unwrap_or("");
-    let kind = Kind::parse(ev_type).map_err(|err| bad(job_hint, err))?;
-    let pairs = crate::urlenc::decode(e.data.as_deref().unwrap_or(""))
-        .map_err(|err| bad(job_hint, err.into()))?;
-    // pgfan.submit's events carry only job=<id>; the request is in the job row.
-    let (job_id, req) = match request::job_of(&pairs).map_err(|err| bad(None, err))? {
-        Some(job_id) if on_master => (job_id, submitted_request(tx, job_id, kind).await?),
-        Some(_) => {
-            let error = "pgfan: job= names a job of the master; producer databases send the \
-                         raw form"
-                .to_string();
-            return Err(Routing::Bad { job: None, error });
-        }
-        None => {
-            let req = Request::from_pairs(kind, pairs).map_err(|err| bad(None, err))?;
-            (create_job(tx, source, e, &req).await?, req)
-        }
-    };
-    let lanes = req.lanes(job_id);
-    let row = tx
-        .query_one(
-            "select pgfan.route_job($1, $2, $3, $4)",
-            &[&job_id, &req.payloads, &lanes, &req.options()],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// The request stored by `pgfan.submit` for `job_id`.
-async fn submitted_request(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    kind: Kind,
-) -> Result<Request, Routing> {
-    let row = tx
-        .query_opt(
-            "select kind, params from pgfan.job where job_id = $1",
-            &[&job_id],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(Routing::Bad {
-            job: None,
-            error: format!("pgfan: the event names job {job_id}, which does not exist"),
-        });
-    };
-    let stored: String = row.get(0);
-    if stored != kind.name() {
-        let error = format!(
-            "pgfan: job {job_id} is a {stored} job but its event says {}",
-            kind.name()
-        );
-        return Err(Routing::Bad {
-            job: Some(job_id),
-            error,
-        });
-    }
-    let params: serde_json::Value = row.get(1);
-    Request::from_params(kind, &params).map_err(|err| bad(Some(job_id), err))
-}
-
-async fn create_job(
-    tx: &Transaction<'_>,
-    queue: &str,
-    e: &Event,
-    req: &Request,
-) -> Result<i64, Routing> {
-    let timeout = req
-        .timeout
-        .map(|t| format!("{} milliseconds", t.as_millis()));
-    let row = tx
-        .query_one(
-            "select pgfan.job_from_event($1, $2, $3, $4, $5, $6, $7, $8::text::interval)",
-            &[
-                &queue,
-                &e.id,
-                &req.kind.name(),
-                &e.extra[0],
-                &req.params_json(),
-                &req.reduce,
-                &req.policy,
-                &timeout,
-            ],
-        )
-        .await?;
-    Ok(row.get(0))
 }

@@ -1,0 +1,250 @@
+//! Turning push events into `pgfan.route_event` calls.
+//!
+//! A batch is first tried whole: every event parsed here, the requests of submitted jobs
+//! read in one query, and then one `route_event` per event sent pipelined under a single
+//! savepoint, so a batch of N events costs a few round trips instead of 4×N. If anything in
+//! the batch is bad, the savepoint is rolled back and the relay routes event by event,
+//! where a bad event gets its own savepoint, dead letter and failed job.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use tokio_postgres::{Statement, Transaction};
+
+use super::request::{self, Kind, Request, RequestError};
+use crate::pgq::Event;
+
+/// Routes one event; the arguments are bound by [`route`].
+const ROUTE_SQL: &str = "select pgfan.route_event($1, $2, $3, $4, $5, $6, $7, $8, \
+                         $9::text::interval, $10, $11, $12, $13)";
+
+/// How routing one event went wrong.
+pub(super) enum Routing {
+    /// The event itself is bad.
+    Bad { job: Option<i64>, error: String },
+    /// The database said no: bad input (a raised pgfan error) or trouble.
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Routing {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Routing::Db(e)
+    }
+}
+
+fn bad(job: Option<i64>, err: RequestError) -> Routing {
+    Routing::Bad {
+        job,
+        error: err.to_string(),
+    }
+}
+
+/// Errors raised by pgfan's SQL about the request (P0001 raise_exception) or its data
+/// (class 22, e.g. an invalid value) are the event's fault, not the database's.
+pub(super) fn is_request_error(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|c| {
+        let c = c.code();
+        c == "P0001" || c.starts_with("22")
+    })
+}
+
+/// The job id a raw event names, for failing it when the event is otherwise unreadable.
+pub(super) fn job_hint(e: &Event) -> Option<i64> {
+    let data = e.data.as_deref()?;
+    crate::urlenc::decode(data)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "job")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// What an event asks for, read without the database.
+enum Parsed {
+    /// The raw form: the request is in the event.
+    Raw(Request),
+    /// `pgfan.submit`'s form: the request is in the job row.
+    Submitted(i64, Kind),
+}
+
+fn parse(e: &Event, on_master: bool) -> Result<Parsed, Routing> {
+    let job_hint = job_hint(e);
+    let kind = Kind::parse(e.ev_type.as_deref().unwrap_or("")).map_err(|err| bad(job_hint, err))?;
+    let pairs = crate::urlenc::decode(e.data.as_deref().unwrap_or(""))
+        .map_err(|err| bad(job_hint, err.into()))?;
+    match request::job_of(&pairs).map_err(|err| bad(None, err))? {
+        Some(job_id) if on_master => Ok(Parsed::Submitted(job_id, kind)),
+        Some(_) => Err(Routing::Bad {
+            job: None,
+            error: "pgfan: job= names a job of the master; producer databases send the raw form"
+                .to_string(),
+        }),
+        None => Request::from_pairs(kind, pairs)
+            .map(Parsed::Raw)
+            .map_err(|err| bad(None, err)),
+    }
+}
+
+/// The request of submitted job `job_id` from its stored kind and params.
+fn stored_request(
+    job_id: i64,
+    kind: Kind,
+    row: Option<&(String, serde_json::Value)>,
+) -> Result<Request, Routing> {
+    let Some((stored, params)) = row else {
+        return Err(Routing::Bad {
+            job: None,
+            error: format!("pgfan: the event names job {job_id}, which does not exist"),
+        });
+    };
+    if stored != kind.name() {
+        let error = format!(
+            "pgfan: job {job_id} is a {stored} job but its event says {}",
+            kind.name()
+        );
+        return Err(Routing::Bad {
+            job: Some(job_id),
+            error,
+        });
+    }
+    Request::from_params(kind, params).map_err(|err| bad(Some(job_id), err))
+}
+
+/// The stored kind and params of the given jobs.
+async fn job_rows(
+    tx: &Transaction<'_>,
+    ids: &[i64],
+) -> Result<HashMap<i64, (String, serde_json::Value)>, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(tx
+        .query(
+            "select job_id, kind, params from pgfan.job where job_id = any($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// The job (None for the raw form) and request of every event, or the first problem.
+async fn plan(
+    tx: &Transaction<'_>,
+    on_master: bool,
+    events: &[Event],
+) -> Result<Vec<(Option<i64>, Request)>, Routing> {
+    let parsed = events
+        .iter()
+        .map(|e| parse(e, on_master))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<i64> = parsed
+        .iter()
+        .filter_map(|p| match p {
+            Parsed::Submitted(id, _) => Some(*id),
+            Parsed::Raw(_) => None,
+        })
+        .collect();
+    let rows = job_rows(tx, &ids).await?;
+    parsed
+        .into_iter()
+        .map(|p| match p {
+            Parsed::Raw(req) => Ok((None, req)),
+            Parsed::Submitted(id, kind) => Ok((Some(id), stored_request(id, kind, rows.get(&id))?)),
+        })
+        .collect()
+}
+
+/// Sends one `route_event`; resolves to the job id.
+async fn route(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    source: &str,
+    e: &Event,
+    job: Option<i64>,
+    req: &Request,
+) -> Result<i64, tokio_postgres::Error> {
+    let timeout = req
+        .timeout
+        .map(|t| format!("{} milliseconds", t.as_millis()));
+    let params = job.is_none().then(|| req.params_json());
+    let parallel = req.parallel.map(|p| p as i32);
+    tx.query_one(
+        stmt,
+        &[
+            &source,
+            &e.id,
+            &job,
+            &req.kind.name(),
+            &e.extra[0],
+            &params,
+            &req.reduce,
+            &req.policy,
+            &timeout,
+            &req.payloads,
+            &req.lane,
+            &parallel,
+            &req.options(),
+        ],
+    )
+    .await
+    .map(|r| r.get(0))
+}
+
+/// Routes a whole batch in one pipelined exchange. Ok(false): something in it is bad and
+/// nothing was routed; the caller goes event by event.
+pub(super) async fn batch(
+    tx: &Transaction<'_>,
+    source: &str,
+    on_master: bool,
+    events: &[Event],
+) -> Result<bool, tokio_postgres::Error> {
+    let planned = match plan(tx, on_master, events).await {
+        Ok(p) => p,
+        Err(Routing::Db(err)) => return Err(err),
+        Err(Routing::Bad { .. }) => return Ok(false),
+    };
+    let stmt = tx.prepare(ROUTE_SQL).await?;
+    tx.batch_execute("savepoint pgfan_batch").await?;
+    let results = join_all(
+        events
+            .iter()
+            .zip(&planned)
+            .map(|(e, (job, req))| route(tx, &stmt, source, e, *job, req)),
+    )
+    .await;
+    match results.into_iter().find_map(Result::err) {
+        None => {
+            tx.batch_execute("release savepoint pgfan_batch").await?;
+            Ok(true)
+        }
+        Some(err) if results_are_the_events_fault(&err) => {
+            tx.batch_execute("rollback to savepoint pgfan_batch")
+                .await?;
+            Ok(false)
+        }
+        Some(err) => Err(err),
+    }
+}
+
+/// After the first failing statement of a pipeline the rest fail as "transaction aborted";
+/// the first error says whose fault it was.
+fn results_are_the_events_fault(first: &tokio_postgres::Error) -> bool {
+    is_request_error(first)
+}
+
+/// Routes one event (inside the caller's savepoint); resolves to the job id.
+pub(super) async fn one(
+    tx: &Transaction<'_>,
+    source: &str,
+    on_master: bool,
+    e: &Event,
+) -> Result<i64, Routing> {
+    let mut planned = plan(tx, on_master, std::slice::from_ref(e)).await?;
+    let (job, req) = planned.pop().ok_or_else(|| Routing::Bad {
+        job: None,
+        error: "pgfan: nothing to route".into(),
+    })?;
+    let stmt = tx.prepare(ROUTE_SQL).await?;
+    Ok(route(tx, &stmt, source, e, job, &req).await?)
+}

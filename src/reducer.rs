@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Transaction;
@@ -123,8 +124,22 @@ impl BatchHandler for Reducer {
         _batch: BatchRef,
         events: &'a [Event],
     ) -> Result<Vec<RetryEvent>, HandlerError> {
+        let mut results = Vec::with_capacity(events.len());
         for e in events {
-            if let Some(job) = record(tx, e).await? {
+            match parse(e) {
+                Some(r) => results.push(r),
+                None => dead_letter(tx, e).await?,
+            }
+        }
+        // One pipelined exchange for the chunk instead of a round trip per result.
+        let stmt = tx.prepare("select pgfan.record_result($1, $2, $3)").await?;
+        let stmt = &stmt;
+        let recorded = join_all(results.iter().map(|(task, node, result)| async move {
+            tx.query_one(stmt, &[task, node, result]).await
+        }))
+        .await;
+        for row in recorded {
+            if let Some(job) = row?.get::<_, Option<i64>>(0) {
                 metrics::counter!("pgfan_reducer_results_recorded_total").increment(1);
                 self.touched.insert(job);
             }
@@ -137,12 +152,16 @@ impl BatchHandler for Reducer {
         tx: &'a Transaction<'_>,
         _batch: BatchRef,
     ) -> Result<(), HandlerError> {
-        for job in std::mem::take(&mut self.touched) {
-            let state: Option<String> = tx
-                .query_one("select pgfan.complete_job($1)", &[&job])
-                .await?
-                .get(0);
-            if let Some(state) = state {
+        let jobs = std::mem::take(&mut self.touched);
+        let stmt = tx.prepare("select pgfan.complete_job($1)").await?;
+        let stmt = &stmt;
+        let states = join_all(
+            jobs.iter()
+                .map(|job| async move { tx.query_one(stmt, &[job]).await }),
+        )
+        .await;
+        for (job, row) in jobs.iter().zip(states) {
+            if let Some(state) = row?.get::<_, Option<String>>(0) {
                 tracing::debug!(job, state, "Job finished");
                 metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => state)
                     .increment(1);
@@ -152,31 +171,26 @@ impl BatchHandler for Reducer {
     }
 }
 
-/// Records one result event; the job id when it was new.
-async fn record(tx: &Transaction<'_>, e: &Event) -> Result<Option<i64>, HandlerError> {
-    let task: Option<i64> = e.extra[0].as_deref().and_then(|t| t.trim().parse().ok());
-    let result: Option<serde_json::Value> = e
+/// A result event's task id, node and result object; None when malformed.
+fn parse(e: &Event) -> Option<(i64, Option<String>, serde_json::Value)> {
+    let task: i64 = e.extra[0].as_deref().and_then(|t| t.trim().parse().ok())?;
+    let result = e
         .data
         .as_deref()
-        .and_then(|d| serde_json::from_str(d).ok())
-        .filter(serde_json::Value::is_object);
-    let (Some(task), Some(result)) = (task, result) else {
-        tracing::warn!(ev_id = e.id, "Malformed result event");
-        tx.execute(
-            "insert into pgfan.dead_letter (source, queue_name, ev_id, ev_type, ev_data, ev_target, error)
-             values ('reducer', 'pgfan_results', $1, $2, $3, $4, 'pgfan: malformed result event')",
-            &[&e.id, &e.ev_type, &e.data, &e.extra[2]],
-        )
-        .await?;
-        return Ok(None);
-    };
-    let row = tx
-        .query_one(
-            "select pgfan.record_result($1, $2, $3)",
-            &[&task, &e.extra[2], &result],
-        )
-        .await?;
-    Ok(row.get(0))
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(serde_json::Value::is_object)?;
+    Some((task, e.extra[2].clone(), result))
+}
+
+async fn dead_letter(tx: &Transaction<'_>, e: &Event) -> Result<(), HandlerError> {
+    tracing::warn!(ev_id = e.id, "Malformed result event");
+    tx.execute(
+        "insert into pgfan.dead_letter (source, queue_name, ev_id, ev_type, ev_data, ev_target, error)
+         values ('reducer', 'pgfan_results', $1, $2, $3, $4, 'pgfan: malformed result event')",
+        &[&e.id, &e.ev_type, &e.data, &e.extra[2]],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs the reducer until Stop/Quit; `path` is re-read on Reload.

@@ -104,25 +104,20 @@ async fn ship_chunk(s: &mut Sessions, node_name: &str) -> Result<usize, tokio_po
     if rows.is_empty() {
         return Ok(0);
     }
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let task_ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let job_ids: Vec<Option<String>> = rows.iter().map(|r| r.get(1)).collect();
+    let results: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+    // One statement for the chunk; the events get ids in task order.
     let tx = s.master.transaction().await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let task_id: i64 = r.get(0);
-        let job_id: Option<String> = r.get(1);
-        let result: String = r.get(2);
-        tx.query_one(
-            "select pgfan.enqueue($1, 'result', $2, $3, $4, $5, null)",
-            &[
-                &RESULTS_QUEUE,
-                &result,
-                &task_id.to_string(),
-                &job_id,
-                &node_name,
-            ],
-        )
-        .await?;
-        ids.push(task_id);
-    }
+    tx.execute(
+        "select pgfan.enqueue($1, 'result', u.result, u.task_id, u.job_id, $2, null)
+           from unnest($3::text[], $4::text[], $5::text[]) with ordinality
+                as u(result, task_id, job_id, n)
+          order by u.n",
+        &[&RESULTS_QUEUE, &node_name, &results, &task_ids, &job_ids],
+    )
+    .await?;
     tx.commit().await?;
     s.node
         .execute(

@@ -144,7 +144,9 @@ async fn copy_rate(cluster: &Cluster, rows: usize, sessions: usize) -> Result<f6
                 .await?
                 .get(0);
             let sink = c
-                .copy_in::<_, Bytes>(&format!("copy {table} (ev_time, ev_type, ev_data) from stdin"))
+                .copy_in::<_, Bytes>(&format!(
+                    "copy {table} (ev_time, ev_type, ev_data) from stdin"
+                ))
                 .await?;
             futures_util::pin_mut!(sink);
             sink.send(payload).await?;

@@ -22,6 +22,7 @@ mod mapreduce;
 mod parallel;
 mod report;
 mod rig;
+mod skytools;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -250,8 +250,8 @@ fn plan(seq: i64, rng: &mut Rng) -> Plan {
         5 => Plan::new(
             "sql all, tx=0",
             sql(format!(
-                "select pgfan.submit('all', $$insert into effects_nt values ('t{seq}')$$, \
-                 tx => false)"
+                "select pgfan.submit('all', $$insert into effects_nt \
+                 select 't{seq}' from pg_sleep(0.1)$$, tx => false)"
             )),
             vec![Expect::NonTx(At::All, format!("t{seq}"))],
         ),
@@ -303,7 +303,8 @@ fn plan(seq: i64, rng: &mut Rng) -> Plan {
             ..Plan::new(
                 "sql all, cancelled",
                 sql(format!(
-                    "select pgfan.submit('all', $$insert into effects values ('x{seq}')$$)"
+                    "select pgfan.submit('all', $$insert into effects \
+                     select 'x{seq}' from pg_sleep(0.2)$$)"
                 )),
                 vec![Expect::IfDone(0, format!("x{seq}"))],
             )
@@ -372,8 +373,9 @@ async fn produce(master: String, seed: u64, stop: Arc<AtomicBool>) -> Produced {
         let plan = plan(seq, &mut rng);
         let (ids, outcome) = match submit(c, seq, &plan).await {
             Ok(ids) if plan.cancel => {
-                // At a random stage of the job: before routing, queued, claimed or running.
-                tokio::time::sleep(rng.millis(0, 150)).await;
+                // At a random stage of the job: before routing, queued, claimed or running
+                // (its tasks take 200 ms).
+                tokio::time::sleep(rng.millis(0, 400)).await;
                 if let Err(e) = c.query_one("select pgfan.cancel($1)", &[&ids[0].1]).await {
                     *out.errors
                         .entry(format!("cancel: {}", short_error(&e)))

@@ -204,8 +204,14 @@ impl Executor {
                 return;
             }
         };
-        self.busy.remove(&f.task_id);
-        if let Some(c) = f.client {
+        // A cancel request names the connection, not the task, and is sent asynchronously:
+        // arriving after this task ended, it would cancel the next task the connection runs
+        // (which would then fail). So a connection that may have one in flight is closed.
+        let cancel_sent = self
+            .busy
+            .remove(&f.task_id)
+            .is_some_and(|b| b.intent.get() != Intent::Run);
+        if let Some(c) = f.client.filter(|_| !cancel_sent) {
             if self.idle.len() + self.busy.len() < self.cfg.borrow().workers {
                 self.idle.push(c);
             }

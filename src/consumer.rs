@@ -50,6 +50,10 @@ pub struct ConsumerOptions {
     pub retry_base: Duration,
     /// Upper bound of the retry delay.
     pub retry_max: Duration,
+    /// The queue is this node's pull queue, read through pgfan's node doors
+    /// (`pgfan.node_next_batch` and friends) instead of the PgQ API, so that a node's
+    /// login needs no `pgq_reader` (which would open every queue to it).
+    pub node: Option<String>,
 }
 
 impl ConsumerOptions {
@@ -71,6 +75,7 @@ impl ConsumerOptions {
             poll_period: Duration::from_secs(1),
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
+            node: None,
         }
     }
 
@@ -222,8 +227,20 @@ async fn session_loop<H: BatchHandler>(
         .batch_execute(&format!("listen {TICK_CHANNEL}"))
         .await?;
     if opts.register {
-        let registered =
-            crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await;
+        let registered = match &opts.node {
+            Some(node) => session
+                .client
+                .query_one("select pgfan.node_register($1)", &[node])
+                .await
+                .map(|_| true)
+                .map_err(|source| PgqError::Db {
+                    call: "node_register",
+                    source,
+                }),
+            None => {
+                crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await
+            }
+        };
         if let Err(e) = registered {
             if db::classify(e.db_error()) == ErrorClass::Reconnect {
                 return Err(e.into());
@@ -253,20 +270,36 @@ async fn process_one<H: BatchHandler>(
 ) -> Result<bool, HandlerError> {
     let started = Instant::now();
     let tx = client.transaction().await?;
-    let row = tx
-        .query_one(
-            "select batch_id, cur_tick_id, prev_tick_id,
+    let (min_lag, min_interval) = (
+        opts.min_lag.map(interval_text),
+        opts.min_interval.map(interval_text),
+    );
+    let row = match &opts.node {
+        Some(node) => {
+            tx.query_one(
+                "select batch_id, cur_tick_id, prev_tick_id,
+                    extract(epoch from now() - cur_tick_time)::float8
+               from pgfan.node_next_batch($1, $2::text::interval, $3, $4::text::interval)",
+                &[node, &min_lag, &opts.min_count, &min_interval],
+            )
+            .await?
+        }
+        None => {
+            tx.query_one(
+                "select batch_id, cur_tick_id, prev_tick_id,
                     extract(epoch from now() - cur_tick_time)::float8
                from pgq.next_batch_custom($1, $2, $3::text::interval, $4, $5::text::interval)",
-            &[
-                &opts.queue,
-                &opts.consumer,
-                &opts.min_lag.map(interval_text),
-                &opts.min_count,
-                &opts.min_interval.map(interval_text),
-            ],
-        )
-        .await?;
+                &[
+                    &opts.queue,
+                    &opts.consumer,
+                    &min_lag,
+                    &opts.min_count,
+                    &min_interval,
+                ],
+            )
+            .await?
+        }
+    };
     let Some(batch_id) = row.get::<_, Option<i64>>(0) else {
         tx.commit().await?;
         return Ok(false);
@@ -279,7 +312,18 @@ async fn process_one<H: BatchHandler>(
     let (retries, events) = if opts.lazy_fetch > 0 {
         handle_lazily(opts, handler, &tx, batch).await?
     } else {
-        let events = crate::pgq::batch_events(&tx, batch_id).await?;
+        let events = match &opts.node {
+            Some(node) => tx
+                .query(
+                    "select * from pgfan.node_batch_events($1, $2)",
+                    &[node, &batch_id],
+                )
+                .await?
+                .iter()
+                .map(Event::from_row)
+                .collect(),
+            None => crate::pgq::batch_events(&tx, batch_id).await?,
+        };
         let n = events.len() as u64;
         (handler.events(&tx, batch, &events).await?, n)
     };
@@ -289,13 +333,32 @@ async fn process_one<H: BatchHandler>(
             .retry_delay(r.retries)
             .as_secs()
             .clamp(0, i32::MAX as u64) as i32;
-        tx.query_one(
-            "select pgq.event_retry($1, $2, $3::int4)",
-            &[&batch_id, &r.ev_id, &secs],
-        )
-        .await?;
+        match &opts.node {
+            Some(node) => {
+                tx.query_one(
+                    "select pgfan.node_event_retry($1, $2, $3, $4::int4)",
+                    &[node, &batch_id, &r.ev_id, &secs],
+                )
+                .await?
+            }
+            None => {
+                tx.query_one(
+                    "select pgq.event_retry($1, $2, $3::int4)",
+                    &[&batch_id, &r.ev_id, &secs],
+                )
+                .await?
+            }
+        };
     }
-    crate::pgq::finish_batch(&tx, batch_id).await?;
+    match &opts.node {
+        Some(node) => {
+            tx.query_one("select pgfan.node_finish_batch($1, $2)", &[node, &batch_id])
+                .await?;
+        }
+        None => {
+            crate::pgq::finish_batch(&tx, batch_id).await?;
+        }
+    }
     tx.commit().await?;
     let labels = labels(opts);
     metrics::counter!("pgfan_consumer_batches_total", &labels).increment(1);
@@ -321,12 +384,22 @@ async fn handle_lazily<H: BatchHandler>(
 ) -> Result<(Vec<RetryEvent>, u64), HandlerError> {
     let mut retries = Vec::new();
     let mut count = 0;
-    let first = tx
-        .query(
-            "select * from pgq.get_batch_cursor($1, $2, $3)",
-            &[&batch.batch_id, &CURSOR, &opts.lazy_fetch],
-        )
-        .await?;
+    let first = match &opts.node {
+        Some(node) => {
+            tx.query(
+                "select * from pgfan.node_batch_cursor($1, $2, $3, $4)",
+                &[node, &batch.batch_id, &CURSOR, &opts.lazy_fetch],
+            )
+            .await?
+        }
+        None => {
+            tx.query(
+                "select * from pgq.get_batch_cursor($1, $2, $3)",
+                &[&batch.batch_id, &CURSOR, &opts.lazy_fetch],
+            )
+            .await?
+        }
+    };
     let mut chunk: Vec<Event> = first.iter().map(Event::from_row).collect();
     let fetch = format!("fetch {} from {CURSOR}", opts.lazy_fetch);
     loop {

@@ -5,9 +5,11 @@
 //! (retry), or is the statement itself wrong (fatal for that unit of work)?
 
 use futures_util::{stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::tls::TlsConnect;
+use tokio_postgres::{AsyncMessage, CancelToken, Client, Connection};
 
 /// What a caller should do after a database error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +70,84 @@ pub struct Session {
 }
 
 /// Opens a session (the password, if the connection string has none, from `PGPASSFILE` or
-/// `~/.pgpass`); the connection task ends when the client is dropped or the server goes away.
+/// `~/.pgpass`; TLS as libpq's `sslmode` says, see [`crate::tls`]); the connection task
+/// ends when the client is dropped or the server goes away.
 pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
-    let mut cfg: tokio_postgres::Config = conninfo.parse()?;
+    let (rest, tls) = match crate::tls::split(conninfo) {
+        Ok(split) => split,
+        Err(err) => return Err(tls_error(err).await),
+    };
+    let mut cfg: tokio_postgres::Config = rest.parse()?;
+    cfg.ssl_mode(tls.mode.ssl_mode());
     crate::passfile::apply(&mut cfg);
-    let (client, mut connection) = cfg.connect(NoTls).await?;
+    let connector = match crate::tls::connector(&tls) {
+        Ok(c) => c,
+        Err(err) => return Err(tls_error(err).await),
+    };
+    let (client, connection) = cfg.connect(connector).await?;
+    let messages = forward_messages(connection);
+    Ok(Session { client, messages })
+}
+
+/// Cancels the statement running on the session `token` belongs to, over TLS as the
+/// session's connection string says (a cancel request goes through a new connection).
+pub async fn cancel(conninfo: &str, token: &CancelToken) -> Result<(), tokio_postgres::Error> {
+    let connector = match crate::tls::split(conninfo).and_then(|(_, t)| crate::tls::connector(&t)) {
+        Ok(c) => c,
+        Err(err) => return Err(tls_error(err).await),
+    };
+    token.cancel_query(connector).await
+}
+
+/// A TLS setup error as the connection error it causes. tokio-postgres makes its errors
+/// itself, so the message travels through a TLS handshake that fails with it, run over an
+/// in-memory stream whose other end has said yes to TLS: no network traffic.
+async fn tls_error(err: crate::tls::TlsError) -> tokio_postgres::Error {
+    use tokio::io::AsyncWriteExt;
+    let message = err.to_string();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let mut first = true;
+    loop {
+        let (ours, mut server) = tokio::io::duplex(64);
+        if first {
+            // The server's answer to the SSL request: 'S', go ahead. (A failed write
+            // only makes the attempt fail earlier, with another error.)
+            let _ = server.write_all(b"S").await;
+        } else {
+            // Should a first attempt ever not reach the handshake, a stream whose other
+            // end is gone fails for certain.
+            drop(server);
+            server = tokio::io::duplex(1).1;
+        }
+        let attempt = cfg.connect_raw(ours, Refuse(message.clone())).await;
+        drop(server);
+        if let Err(e) = attempt {
+            return e;
+        }
+        first = false;
+    }
+}
+
+/// A TLS handshake that fails with its message.
+struct Refuse(String);
+
+impl TlsConnect<DuplexStream> for Refuse {
+    type Stream = postgres_openssl::TlsStream<DuplexStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::future::Ready<Result<Self::Stream, Self::Error>>;
+
+    fn connect(self, _stream: DuplexStream) -> Self::Future {
+        std::future::ready(Err(self.0.into()))
+    }
+}
+
+/// Spawns the connection task; it forwards notices (logged) and notifications.
+fn forward_messages<S, T>(mut connection: Connection<S, T>) -> mpsc::UnboundedReceiver<AsyncMessage>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, messages) = mpsc::unbounded_channel();
     let mut incoming = stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
@@ -96,7 +171,7 @@ pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
             }
         }
     });
-    Ok(Session { client, messages })
+    messages
 }
 
 /// Opens a session whose asynchronous messages are only logged.

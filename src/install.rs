@@ -166,7 +166,8 @@ async fn install_component(tx: &Transaction<'_>, name: &str) -> Result<Outcome, 
 
 async fn run_files(tx: &Transaction<'_>, files: &[SqlFile]) -> Result<(), InstallError> {
     for file in files {
-        if file.path.ends_with("/grants.sql") && !pgq_roles_exist(tx).await? {
+        // pgq's grants name the pgq roles; pgfan's own grants.sql checks for its roles.
+        if file.path == "pgq/grants.sql" && !pgq_roles_exist(tx).await? {
             tracing::warn!(file = file.path, "Skipping grants: pgq roles are missing");
             continue;
         }

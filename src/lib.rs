@@ -25,6 +25,7 @@ pub mod sql;
 pub mod status;
 pub mod systemd;
 pub mod ticker;
+pub mod tls;
 pub mod urlenc;
 
 /// Version of this build, recorded in `pgfan_meta.component` by `pgfan install`.

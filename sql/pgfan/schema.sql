@@ -106,6 +106,12 @@ create table if not exists pgfan.dead_letter (
 );
 alter table pgfan.dead_letter add column if not exists replayed_at timestamptz;
 
+-- The login role a node daemon uses on the master (pgfan.node_set_login). The node's door
+-- functions (pgfan.node_caller) let that role act as this node and as no other; NULL: only
+-- the owner of the pgfan schema (and superusers) can act as the node.
+alter table pgfan.node add column if not exists login_role text;
+create unique index if not exists node_login_role_idx on pgfan.node (login_role);
+
 -- The pipeline's own queues and their consumers. They tick as soon as they have events
 -- (ticker_max_lag 0): pgfan's ticker notices new events within its poll period, so a task
 -- is not held back by PgQ's default 3 s batching; that is only set when the queue is new,

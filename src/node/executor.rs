@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
-use tokio_postgres::{CancelToken, Client, NoTls};
+use tokio_postgres::{CancelToken, Client};
 
 use super::worker::{self, Finished, Intent, Outcome, SharedIntent, Task};
 use super::NodeConfig;
@@ -275,7 +275,7 @@ impl Executor {
                 Some(b) => {
                     tracing::info!(task_id = id, "Cancelling a running task");
                     b.intent.set(Intent::Cancel);
-                    send_cancel(b.cancel.clone());
+                    send_cancel(&self.cfg.borrow().db, b.cancel.clone());
                 }
                 None => waiting.push(*id),
             }
@@ -302,19 +302,22 @@ impl Executor {
             tasks = ?self.busy.keys().collect::<Vec<_>>(),
             "Stop timeout reached; cancelling running tasks, they run again after the restart"
         );
+        let conninfo = self.cfg.borrow().db.clone();
         for b in self.busy.values() {
             if b.intent.get() == Intent::Run {
                 b.intent.set(Intent::Abandon);
             }
-            send_cancel(b.cancel.clone());
+            send_cancel(&conninfo, b.cancel.clone());
         }
     }
 }
 
-/// Asks the server to cancel the statement running on a worker's connection.
-fn send_cancel(token: CancelToken) {
+/// Asks the server to cancel the statement running on a worker's connection (over TLS when
+/// the node's connection string asks for it).
+fn send_cancel(conninfo: &str, token: CancelToken) {
+    let conninfo = conninfo.to_string();
     tokio::spawn(async move {
-        if let Err(err) = token.cancel_query(NoTls).await {
+        if let Err(err) = crate::db::cancel(&conninfo, &token).await {
             tracing::warn!(error = %err, "Cancel request failed");
         }
     });

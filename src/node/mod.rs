@@ -66,6 +66,8 @@ impl Claim {
     fn start(cfg: &NodeConfig, wake: Arc<Notify>) -> Claim {
         let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
         opts.poll_period = cfg.poll_period;
+        // Through the node doors: the node's master login may read only its own queue.
+        opts.node = Some(cfg.name.clone());
         let mut handler = claim::ClaimHandler::new(cfg, wake);
         let (stop, stop_rx) = watch::channel(false);
         let mut set = JoinSet::new();

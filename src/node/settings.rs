@@ -38,6 +38,11 @@ pub struct NodeConfig {
     /// Key column of copy updates and deletes. Default: the table's primary key.
     #[serde(default)]
     pub copy_key: Option<String>,
+    /// Role the tasks run as (`SET ROLE` on the node connection for the task, reset after),
+    /// so a task has that role's rights rather than those of the daemon's login, which
+    /// must be a member of it. Default: none (tasks run as the daemon's login).
+    #[serde(default)]
+    pub task_role: Option<String>,
     /// Polling fallback for new tasks, cancellations and results to ship. Default 1 s.
     #[serde(default = "default_poll_period", deserialize_with = "config::duration")]
     pub poll_period: Duration,
@@ -98,6 +103,7 @@ impl NodeConfig {
             allow_call: Vec::new(),
             copy_tables: Vec::new(),
             copy_key: None,
+            task_role: None,
             poll_period: default_poll_period(),
             heartbeat_period: default_heartbeat_period(),
             stop_timeout: default_stop_timeout(),
@@ -129,6 +135,14 @@ impl NodeConfig {
                 "name {:?} must be 1-48 characters of a-z, 0-9 and _",
                 self.name
             ));
+        }
+        if let Some(role) = &self.task_role {
+            // PostgreSQL's identifier limit; the name is always quoted as an identifier.
+            if role.is_empty() || role.len() > 63 || role.contains('\0') {
+                return Err(format!(
+                    "task_role {role:?} must be a role name of 1-63 bytes"
+                ));
+            }
         }
         if self.workers == 0 || self.workers > 1000 {
             return Err("workers must be between 1 and 1000".into());

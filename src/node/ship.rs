@@ -16,9 +16,6 @@ use crate::outage::{sleep_or_stop, Outage};
 /// Results shipped per master transaction.
 const CHUNK: i64 = 200;
 
-/// The master queue that carries results to the reducer.
-pub const RESULTS_QUEUE: &str = "pgfan_results";
-
 struct Sessions {
     master: Client,
     node: Client,
@@ -105,20 +102,16 @@ async fn ship_chunk(s: &mut Sessions, node_name: &str) -> Result<usize, tokio_po
         return Ok(0);
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let task_ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     let job_ids: Vec<Option<String>> = rows.iter().map(|r| r.get(1)).collect();
     let results: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
-    // One statement for the chunk; the events get ids in task order.
-    let tx = s.master.transaction().await?;
-    tx.execute(
-        "select pgfan.enqueue($1, 'result', u.result, u.task_id, u.job_id, $2, null)
-           from unnest($3::text[], $4::text[], $5::text[]) with ordinality
-                as u(result, task_id, job_id, n)
-          order by u.n",
-        &[&RESULTS_QUEUE, &node_name, &results, &task_ids, &job_ids],
-    )
-    .await?;
-    tx.commit().await?;
+    // One statement for the chunk, through the node door that checks the login may act
+    // as this node and ships only its own tasks; the events get ids in task order.
+    s.master
+        .query_one(
+            "select pgfan.node_ship_results($1, $2, $3, $4)",
+            &[&node_name, &ids, &job_ids, &results],
+        )
+        .await?;
     s.node
         .execute(
             "update pgfan_node.task set shipped_at = now() where task_id = any($1)",

@@ -190,23 +190,24 @@ async fn run_in_tx(
     if let Some(ms) = task.timeout_ms {
         set_timeout(tx.client(), ms, true).await?;
     }
-    match execute(tx.client(), &plan).await {
-        Ok(res) if intent.get() != Intent::Cancel => match res.encode() {
-            Ok(json) => {
-                record_json(tx.client(), task.task_id, &res, &json).await?;
-                tx.commit().await?;
-                Ok(Outcome::Recorded("done"))
-            }
-            Err(msg) => {
-                tx.rollback().await?;
-                count_attempt(client, task.task_id).await?;
-                record(client, task.task_id, &TaskResult::failed(msg)).await?;
-                Ok(Outcome::Recorded("failed"))
-            }
-        },
-        Ok(_) => {
+    let ran = execute_as_task_role(tx.client(), cfg, &plan, true)
+        .await
+        .map(|r| r.and_then(|res| res.encode().map(|json| (res, json))));
+    match ran {
+        Ok(_) if intent.get() == Intent::Cancel => {
             tx.rollback().await?;
             stop_unstarted(client, task, Intent::Cancel).await
+        }
+        Ok(Ok((res, json))) => {
+            record_json(tx.client(), task.task_id, &res, &json).await?;
+            tx.commit().await?;
+            Ok(Outcome::Recorded("done"))
+        }
+        Ok(Err(msg)) => {
+            tx.rollback().await?;
+            count_attempt(client, task.task_id).await?;
+            record(client, task.task_id, &TaskResult::failed(msg)).await?;
+            Ok(Outcome::Recorded("failed"))
         }
         Err(e) if lost(&e) => Err(e),
         Err(e) => {
@@ -291,11 +292,20 @@ async fn run_autocommit(
     if let Some(ms) = task.timeout_ms {
         set_timeout(client, ms, false).await?;
     }
-    let ran = execute_outside_tx(client, &plan).await;
+    let ran = match assume_task_role(client, cfg, false).await {
+        Ok(()) => execute_outside_tx(client, &plan).await,
+        Err(e) => Err(e),
+    };
+    let kept_role = leave_task_role(client, cfg, false).await?;
     if task.timeout_ms.is_some() {
         client.batch_execute("reset statement_timeout").await?;
     }
     match ran {
+        // Outside a transaction its effect stays; the run is reported as failed.
+        Ok(_) if !kept_role => {
+            record(client, task.task_id, &TaskResult::failed(ROLE_CHANGED)).await?;
+            Ok(Outcome::Recorded("failed"))
+        }
         Ok(res) => {
             record(client, task.task_id, &res).await?;
             Ok(Outcome::Recorded("done"))
@@ -318,6 +328,63 @@ async fn execute_outside_tx(
     let res = execute(tx.client(), plan).await?;
     tx.commit().await?;
     Ok(res)
+}
+
+/// The failure of a task that changed its role itself (RESET ROLE, SET ROLE).
+const ROLE_CHANGED: &str =
+    "the task changed its role (task_role is set on this node); its work was rolled back";
+
+/// Runs the planned work as the node's `task_role` and goes back to the daemon's login for
+/// the bookkeeping. Ok(Err(text)): the task changed its role itself, so its work must not
+/// commit. SET ROLE is undone by a later RESET ROLE in the same session, so this check,
+/// with the rollback of a transactional task, is what keeps sql tasks to the role.
+async fn execute_as_task_role(
+    c: &Client,
+    cfg: &NodeConfig,
+    plan: &Plan,
+    local: bool,
+) -> Result<Result<TaskResult, String>, tokio_postgres::Error> {
+    assume_task_role(c, cfg, local).await?;
+    let res = execute(c, plan).await?;
+    Ok(match leave_task_role(c, cfg, local).await? {
+        true => Ok(res),
+        false => Err(ROLE_CHANGED.into()),
+    })
+}
+
+/// Takes on `task_role` (`local`: until the transaction ends). The name is bound as a
+/// parameter of set_config, the function form of SET ROLE, so it is never spliced into SQL.
+async fn assume_task_role(
+    c: &Client,
+    cfg: &NodeConfig,
+    local: bool,
+) -> Result<(), tokio_postgres::Error> {
+    if let Some(role) = &cfg.task_role {
+        c.query_one(
+            "select pg_catalog.set_config('role', $1, $2)",
+            &[role, &local],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Back to the daemon's login; false when the task was no longer running as `task_role`.
+async fn leave_task_role(
+    c: &Client,
+    cfg: &NodeConfig,
+    local: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let Some(role) = &cfg.task_role else {
+        return Ok(true);
+    };
+    let row = c
+        .query_one(
+            "select current_user::text = $1, pg_catalog.set_config('role', 'none', $2)",
+            &[role, &local],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 async fn set_timeout(c: &Client, ms: i32, local: bool) -> Result<(), tokio_postgres::Error> {

@@ -17,7 +17,7 @@ returns table (node_name text, tasks integer, queued integer, claimed integer, r
      where t.job_id = i_job_id
      group by t.node_name
      order by t.node_name;
-$$ language sql stable
+$$ language sql stable security definer
 set search_path = pg_catalog, pg_temp;
 
 -- pgfan.job_summary(job_id): the job's state and progress on one line,
@@ -31,5 +31,5 @@ returns text as $$
       from pgfan.job j left join pgfan.task t on t.job_id = j.job_id
      where j.job_id = i_job_id
      group by j.job_id;
-$$ language sql stable
+$$ language sql stable security definer
 set search_path = pg_catalog, pg_temp;

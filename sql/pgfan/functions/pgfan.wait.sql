@@ -28,5 +28,5 @@ begin
     end loop;
     return v_state;
 end;
-$$ language plpgsql
+$$ language plpgsql security definer
 set search_path = pg_catalog, pg_temp;

@@ -1,0 +1,99 @@
+-- The node daemon's door into its pull queue: pgfan.node_register, node_next_batch,
+-- node_batch_cursor, node_batch_events, node_event_retry and node_finish_batch.
+--
+-- A node's login role is not a pgq_reader: pgq.next_batch and friends take any queue and
+-- any batch id, so they would let n1 read or finish n2's events. These SECURITY DEFINER
+-- wrappers take the node's name instead, check the caller may act as it
+-- (pgfan.node_caller), and work only on that node's queue (pgfan_node_<node>, consumed by
+-- the consumer of the same name) and on batches of that subscription. Everything else is
+-- left to the PgQ function underneath, so the semantics are PgQ's.
+
+create or replace function pgfan.node_register(i_node text)
+returns integer as $$
+declare
+    v_queue text := pgfan.node_caller(i_node);
+begin
+    return pgq.register_consumer(v_queue, v_queue);
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;
+
+create or replace function pgfan.node_next_batch(
+    i_node text, i_min_lag interval, i_min_count integer, i_min_interval interval,
+    out batch_id bigint, out cur_tick_id bigint, out prev_tick_id bigint,
+    out cur_tick_time timestamptz)
+as $$
+declare
+    v_queue text := pgfan.node_caller(i_node);
+begin
+    select b.batch_id, b.cur_tick_id, b.prev_tick_id, b.cur_tick_time
+      into batch_id, cur_tick_id, prev_tick_id, cur_tick_time
+      from pgq.next_batch_custom(v_queue, v_queue, i_min_lag, i_min_count, i_min_interval) b;
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;
+
+-- Raises unless batch i_batch_id, if open at all, is an open batch of the node's own
+-- consumer on its own queue. A batch open nowhere is left to PgQ to report.
+create or replace function pgfan.node_check_batch(i_node text, i_batch_id bigint)
+returns void as $$
+declare
+    v_queue text := pgfan.node_caller(i_node);
+begin
+    if exists (select 1
+                 from pgq.subscription s
+                 join pgq.queue q on q.queue_id = s.sub_queue
+                 join pgq.consumer c on c.co_id = s.sub_consumer
+                where s.sub_batch = i_batch_id
+                  and (q.queue_name <> v_queue or c.co_name <> v_queue)) then
+        raise exception 'pgfan: batch % does not belong to node %', i_batch_id, i_node
+            using errcode = 'insufficient_privilege';
+    end if;
+end;
+$$ language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp;
+
+-- The cursor is declared here, with the owner's rights, and stays readable by the caller
+-- for the rest of the transaction (FETCH ... FROM cursor_name); privileges are checked
+-- when a cursor is opened, not at each fetch.
+create or replace function pgfan.node_batch_cursor(
+    i_node text, i_batch_id bigint, i_cursor_name text, i_quick_limit integer)
+returns table (ev_id bigint, ev_time timestamptz, ev_txid bigint, ev_retry integer,
+               ev_type text, ev_data text, ev_extra1 text, ev_extra2 text,
+               ev_extra3 text, ev_extra4 text) as $$
+begin
+    perform pgfan.node_check_batch(i_node, i_batch_id);
+    return query select * from pgq.get_batch_cursor(i_batch_id, i_cursor_name, i_quick_limit);
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;
+
+create or replace function pgfan.node_batch_events(i_node text, i_batch_id bigint)
+returns table (ev_id bigint, ev_time timestamptz, ev_txid bigint, ev_retry integer,
+               ev_type text, ev_data text, ev_extra1 text, ev_extra2 text,
+               ev_extra3 text, ev_extra4 text) as $$
+begin
+    perform pgfan.node_check_batch(i_node, i_batch_id);
+    return query select * from pgq.get_batch_events(i_batch_id);
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;
+
+create or replace function pgfan.node_event_retry(
+    i_node text, i_batch_id bigint, i_event_id bigint, i_retry_seconds integer)
+returns integer as $$
+begin
+    perform pgfan.node_check_batch(i_node, i_batch_id);
+    return pgq.event_retry(i_batch_id, i_event_id, i_retry_seconds);
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;
+
+create or replace function pgfan.node_finish_batch(i_node text, i_batch_id bigint)
+returns integer as $$
+begin
+    perform pgfan.node_check_batch(i_node, i_batch_id);
+    return pgq.finish_batch(i_batch_id);
+end;
+$$ language plpgsql security definer
+set search_path = pg_catalog, pg_temp;

@@ -1,0 +1,244 @@
+//! TLS for every connection: libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
+//!
+//! tokio-postgres knows only `sslmode` disable/prefer/require and rejects the other keys, so
+//! they are taken out of the connection string here (also from `PGSSLMODE`,
+//! `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, as libpq reads them) and turned into an
+//! OpenSSL connector:
+//!
+//! - `disable`: no TLS; `prefer` (the default): TLS when the server offers it, unverified;
+//!   `require`: TLS or no connection, unverified;
+//! - `verify-ca`: the server's certificate must chain to `sslrootcert`;
+//! - `verify-full`: that, and its name (SAN DNS name or IP address) must match `host`.
+//!
+//! The root certificate defaults to `~/.postgresql/root.crt`, as in libpq. A client
+//! certificate is presented when `sslcert` and `sslkey` are both given.
+
+use std::path::PathBuf;
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
+use tokio_postgres::config::SslMode;
+
+/// How strictly the server is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Mode {
+    fn parse(text: &str) -> Option<Mode> {
+        Some(match text {
+            "disable" | "allow" => Mode::Disable,
+            "prefer" => Mode::Prefer,
+            "require" => Mode::Require,
+            "verify-ca" => Mode::VerifyCa,
+            "verify-full" => Mode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// What tokio-postgres itself is told: it only decides whether TLS is mandatory.
+    pub fn ssl_mode(self) -> SslMode {
+        match self {
+            Mode::Disable => SslMode::Disable,
+            Mode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        }
+    }
+}
+
+/// The TLS settings of one connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub root_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Why the TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("invalid sslmode {0:?} (disable, allow, prefer, require, verify-ca, verify-full)")]
+    Mode(String),
+    #[error("root certificate file {0:?} does not exist; either provide the file or change sslmode to disable server certificate verification")]
+    NoRootCert(PathBuf),
+    #[error("TLS setup: {0}")]
+    OpenSsl(#[from] ErrorStack),
+}
+
+/// Keys of the connection string this module handles instead of tokio-postgres.
+const KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"];
+
+/// Splits `conninfo` (keyword/value form) into what tokio-postgres parses and the TLS
+/// settings. URIs (`postgresql://...`) are passed on unchanged with the environment's
+/// settings, as tokio-postgres parses their `sslmode` itself.
+pub fn split(conninfo: &str) -> Result<(String, Settings), TlsError> {
+    let pick = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    let mut mode = pick("PGSSLMODE");
+    let mut root_cert = pick("PGSSLROOTCERT");
+    let mut cert = pick("PGSSLCERT");
+    let mut key = pick("PGSSLKEY");
+    let rest = if conninfo.trim_start().contains("://") {
+        conninfo.to_string()
+    } else {
+        let mut kept = Vec::new();
+        for (k, v) in pairs(conninfo) {
+            match k.as_str() {
+                "sslmode" => mode = Some(v),
+                "sslrootcert" => root_cert = Some(v),
+                "sslcert" => cert = Some(v),
+                "sslkey" => key = Some(v),
+                _ if KEYS.contains(&k.as_str()) => {}
+                _ => kept.push(format!("{k}={}", quote(&v))),
+            }
+        }
+        kept.join(" ")
+    };
+    let mode = match mode {
+        None => Mode::Prefer,
+        Some(m) => Mode::parse(&m).ok_or(TlsError::Mode(m))?,
+    };
+    Ok((
+        rest,
+        Settings {
+            mode,
+            root_cert: root_cert.map(PathBuf::from),
+            cert: cert.map(PathBuf::from),
+            key: key.map(PathBuf::from),
+        },
+    ))
+}
+
+/// The OpenSSL connector for `settings`.
+pub fn connector(settings: &Settings) -> Result<MakeTlsConnector, TlsError> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+    let verify = matches!(settings.mode, Mode::VerifyCa | Mode::VerifyFull);
+    if verify {
+        let root = settings.root_cert.clone().unwrap_or_else(default_root_cert);
+        if !root.exists() {
+            return Err(TlsError::NoRootCert(root));
+        }
+        builder.set_ca_file(&root)?;
+        builder.set_verify(SslVerifyMode::PEER);
+    } else {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    if let (Some(cert), Some(key)) = (&settings.cert, &settings.key) {
+        builder.set_certificate_chain_file(cert)?;
+        builder.set_private_key_file(key, SslFiletype::PEM)?;
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if settings.mode != Mode::VerifyFull {
+        // OpenSSL checks the host name by default; only verify-full asks for that.
+        connector.set_callback(|config, _host| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
+}
+
+fn default_root_cert() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".postgresql").join("root.crt")
+}
+
+/// Quotes a value for tokio-postgres' keyword/value parser.
+fn quote(value: &str) -> String {
+    let mut out = String::from("'");
+    for ch in value.chars() {
+        if ch == '\'' || ch == '\\' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('\'');
+    out
+}
+
+/// The `key=value` pairs of a keyword/value connection string, values unquoted as libpq
+/// does (single quotes, backslash escapes). Malformed text is kept as a pair with an empty
+/// key, so tokio-postgres reports it.
+fn pairs(conninfo: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next_if_eq(&'=').is_none() {
+            out.push((String::new(), key));
+            continue;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_keys_are_taken_out_and_the_rest_is_kept() {
+        let (rest, s) = split(
+            "host=db.example port=5433 user=app password='s3\\'cret' sslmode=verify-full sslrootcert=/etc/ca.crt",
+        )
+        .unwrap();
+        assert_eq!(s.mode, Mode::VerifyFull);
+        assert_eq!(s.root_cert, Some(PathBuf::from("/etc/ca.crt")));
+        assert!(!rest.contains("ssl"), "{rest}");
+        let cfg: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(cfg.get_ports(), &[5433]);
+        assert_eq!(cfg.get_user(), Some("app"));
+    }
+
+    #[test]
+    fn quoted_values_survive() {
+        let (rest, _) = split("user=a password='p w\\'x\\\\' dbname=d").unwrap();
+        let cfg: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"p w'x\\"[..]));
+        assert_eq!(cfg.get_dbname(), Some("d"));
+    }
+
+    #[test]
+    fn bad_modes_are_refused() {
+        assert!(matches!(
+            split("sslmode=sometimes"),
+            Err(TlsError::Mode(m)) if m == "sometimes"
+        ));
+        assert_eq!(split("").unwrap().1.mode, Mode::Prefer);
+    }
+}

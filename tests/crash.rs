@@ -25,8 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgfan::cluster::{Cluster, StopMode};
+
+#[path = "crash/load.rs"]
+mod load;
+#[path = "crash/verify.rs"]
+mod verify;
+
+use load::{produce, Outcome, Submission};
 use tokio::time::Instant;
 use tokio_postgres::Client;
+use verify::{non_tx_reruns, states, verify, wait_drained};
 
 const NODES: [&str; 2] = ["n1", "n2"];
 /// Upper bound for the pipeline to finish the backlog once the chaos ends.
@@ -131,307 +139,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// Where an effect is expected: a named node, every node, or the node the job's only task
-/// was routed to (`hash:` and `any`).
-#[derive(Clone, Debug)]
-enum At {
-    Node(&'static str),
-    All,
-    TaskOf(usize),
-}
-
-/// What one committed submission must have caused.
-#[derive(Clone, Debug)]
-enum Expect {
-    /// A row `k` in `effects`, exactly once (transactional).
-    Effect(At, String),
-    /// A row `k` in `effects_nt`, at least once (`tx => false`).
-    NonTx(At, String),
-    /// `items` row `id` with `name`, or no row (None) after a delete.
-    Item(&'static str, i32, Option<&'static str>),
-    /// A `lane_log` row, exactly once and after the lane's earlier rows.
-    Lane(&'static str, String, i64),
-    /// The job of statement `usize` reduced to one row whose `field` is `value`.
-    Reduced(usize, &'static str, i64),
-    /// A row `k` in `effects` exactly on the nodes where the task of statement `usize` is
-    /// done, and nowhere else: a cancelled task may still have run, but then its result
-    /// must say so.
-    IfDone(usize, String),
-}
-
-/// One producer transaction: its statements (each returns a job id, or an event id for
-/// the raw form) and what it must cause once committed.
-struct Plan {
-    label: &'static str,
-    stmts: Vec<(String, bool)>,
-    expect: Vec<Expect>,
-    /// Cancel the first job right after the commit; it may end cancelled instead of done.
-    cancel: bool,
-}
-
-impl Plan {
-    fn new(label: &'static str, stmts: Vec<(String, bool)>, expect: Vec<Expect>) -> Plan {
-        Plan {
-            label,
-            stmts,
-            expect,
-            cancel: false,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Acked,
-    Failed,
-    /// The commit was sent and its answer lost: the ledger says what happened.
-    Unknown,
-}
-
-struct Submission {
-    seq: i64,
-    plan: Plan,
-    /// Per statement: (is raw event, id returned).
-    ids: Vec<(bool, i64)>,
-    outcome: Outcome,
-}
-
-fn plan(seq: i64, rng: &mut Rng) -> Plan {
-    let node = NODES[rng.below(2) as usize];
-    let sql = |s: String| vec![(s, false)];
-    match rng.below(10) {
-        0 => Plan::new(
-            "sql all, reduced",
-            sql(format!(
-                "select pgfan.submit('all', $$with e as (insert into effects values ('s{seq}') \
-                 returning 1) select count(*) as n from e$$, reduce => 'sum')"
-            )),
-            vec![
-                Expect::Effect(At::All, format!("s{seq}")),
-                Expect::Reduced(0, "n", 2),
-            ],
-        ),
-        1 => Plan::new(
-            "sql on a node",
-            sql(format!(
-                "select pgfan.submit('{node}', $$insert into effects values ('s{seq}')$$)"
-            )),
-            vec![Expect::Effect(At::Node(node), format!("s{seq}"))],
-        ),
-        2 => {
-            let target = if seq % 2 == 0 {
-                "any".to_string()
-            } else {
-                format!("hash:c{seq}")
-            };
-            Plan::new(
-                "call, hash or any",
-                sql(format!(
-                    "select pgfan.submit('{target}', call => 'public.bump', \
-                     args => array['c{seq}'])"
-                )),
-                vec![
-                    Expect::Effect(At::TaskOf(0), format!("c{seq}")),
-                    Expect::Reduced(0, "bump", 1),
-                ],
-            )
-        }
-        3 => Plan::new(
-            "sql hash",
-            sql(format!(
-                "select pgfan.submit('hash:h{seq}', $$insert into effects values ('h{seq}')$$)"
-            )),
-            vec![Expect::Effect(At::TaskOf(0), format!("h{seq}"))],
-        ),
-        4 => copy_plan(seq, node, rng),
-        5 => Plan::new(
-            "sql all, tx=0",
-            sql(format!(
-                "select pgfan.submit('all', $$insert into effects_nt \
-                 select 't{seq}' from pg_sleep(0.1)$$, tx => false)"
-            )),
-            vec![Expect::NonTx(At::All, format!("t{seq}"))],
-        ),
-        6 => {
-            let lane = format!("L{node}{}", rng.below(3));
-            Plan::new(
-                "sql in a lane",
-                sql(format!(
-                    "select pgfan.submit('{node}', $$insert into lane_log (lane, seq) \
-                     values ('{lane}', {seq})$$, lane => '{lane}')"
-                )),
-                vec![Expect::Lane(node, lane, seq)],
-            )
-        }
-        7 => {
-            let parts: Vec<String> = (0..3)
-                .map(|i| {
-                    format!(
-                        "$$with e as (insert into effects values ('p{seq}_{i}') returning 1) \
-                         select count(*) as n from e$$"
-                    )
-                })
-                .collect();
-            let mut expect: Vec<Expect> = (0..3)
-                .map(|i| Expect::Effect(At::Node(node), format!("p{seq}_{i}")))
-                .collect();
-            expect.push(Expect::Reduced(0, "n", 3));
-            Plan::new(
-                "sql parallel",
-                sql(format!(
-                    "select pgfan.submit('{node}', sqls => array[{}], parallel => 2, \
-                     reduce => 'sum')",
-                    parts.join(", ")
-                )),
-                expect,
-            )
-        }
-        // Done after one node's task: the other's is cancelled, or ran first.
-        8 => Plan::new(
-            "sql all, policy k:1",
-            sql(format!(
-                "select pgfan.submit('all', $$insert into effects values ('k{seq}')$$, \
-                 policy => 'k:1')"
-            )),
-            vec![Expect::IfDone(0, format!("k{seq}"))],
-        ),
-        _ => Plan {
-            cancel: true,
-            ..Plan::new(
-                "sql all, cancelled",
-                sql(format!(
-                    "select pgfan.submit('all', $$insert into effects \
-                     select 'x{seq}' from pg_sleep(0.2)$$)"
-                )),
-                vec![Expect::IfDone(0, format!("x{seq}"))],
-            )
-        },
-    }
-}
-
-/// Raw copy events in one lane: insert, update, and sometimes delete the row again; only
-/// the order of the lane gives the expected end state.
-fn copy_plan(seq: i64, node: &'static str, rng: &mut Rng) -> Plan {
-    let lane = format!("c{}", seq % 3);
-    let raw = |data: String| {
-        (
-            format!(
-                "select pgq.insert_event('push_queue', 'copy', '{data}', '{node}', \
-                 null, null, null)"
-            ),
-            true,
-        )
-    };
-    let mut stmts = vec![
-        raw(format!("action=ins&id={seq}&name=a&lane={lane}")),
-        raw(format!("action=upd&id={seq}&name=b&lane={lane}")),
-    ];
-    let id = i32::try_from(seq).unwrap();
-    let mut end = Some("b");
-    if rng.below(4) == 0 {
-        stmts.push(raw(format!("action=del&id={seq}&lane={lane}")));
-        end = None;
-    }
-    Plan::new(
-        "copy (raw events)",
-        stmts,
-        vec![Expect::Item(node, id, end)],
-    )
-}
-
-/// What the producer did.
-#[derive(Default)]
-struct Produced {
-    subs: Vec<Submission>,
-    connect_failures: usize,
-    errors: BTreeMap<String, usize>,
-}
-
-/// Submits one plan per transaction, each with a ledger row in the same transaction, until
-/// `stop`; reconnects whenever the master went away.
-async fn produce(master: String, seed: u64, stop: Arc<AtomicBool>) -> Produced {
-    let mut rng = Rng(seed);
-    let mut out = Produced::default();
-    let mut client: Option<Client> = None;
-    let mut seq = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let c = match &mut client {
-            Some(c) if !c.is_closed() => c,
-            _ => match pgfan::db::connect_client(&master).await {
-                Ok(c) => client.insert(c),
-                Err(_) => {
-                    out.connect_failures += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        seq += 1;
-        let plan = plan(seq, &mut rng);
-        let (ids, outcome) = match submit(c, seq, &plan).await {
-            Ok(ids) if plan.cancel => {
-                // At a random stage of the job: before routing, queued, claimed or running
-                // (its tasks take 200 ms).
-                tokio::time::sleep(rng.millis(0, 400)).await;
-                if let Err(e) = c.query_one("select pgfan.cancel($1)", &[&ids[0].1]).await {
-                    *out.errors
-                        .entry(format!("cancel: {}", short_error(&e)))
-                        .or_default() += 1;
-                }
-                (ids, Outcome::Acked)
-            }
-            Ok(ids) => (ids, Outcome::Acked),
-            Err((ids, at_commit, e)) => {
-                *out.errors.entry(short_error(&e)).or_default() += 1;
-                let outcome = if at_commit {
-                    Outcome::Unknown
-                } else {
-                    Outcome::Failed
-                };
-                (ids, outcome)
-            }
-        };
-        out.subs.push(Submission {
-            seq,
-            plan,
-            ids,
-            outcome,
-        });
-        tokio::time::sleep(rng.millis(5, 30)).await;
-    }
-    out
-}
-
-type SubmitError = (Vec<(bool, i64)>, bool, tokio_postgres::Error);
-
-async fn submit(c: &mut Client, seq: i64, plan: &Plan) -> Result<Vec<(bool, i64)>, SubmitError> {
-    let mut ids = Vec::new();
-    let tx = c.transaction().await.map_err(|e| (Vec::new(), false, e))?;
-    let ledger = tx
-        .execute("insert into crash_ledger (seq) values ($1)", &[&seq])
-        .await;
-    if let Err(e) = ledger {
-        return Err((ids, false, e));
-    }
-    for (stmt, raw) in &plan.stmts {
-        match tx.query_one(stmt.as_str(), &[]).await {
-            Ok(row) => ids.push((*raw, row.get(0))),
-            Err(e) => return Err((ids, false, e)),
-        }
-    }
-    match tx.commit().await {
-        Ok(()) => Ok(ids),
-        Err(e) => Err((ids, true, e)),
-    }
-}
-
-fn short_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
     }
 }
 
@@ -675,356 +382,6 @@ fn watch_exits(rig: &mut Rig, out: &mut Chaos) {
     }
 }
 
-/// Whether the master and the nodes have nothing left to do for the committed jobs.
-async fn drained(rig: &Rig, raw_events: &[i64]) -> Result<bool, tokio_postgres::Error> {
-    let m = pgfan::db::connect_client(&rig.master.conninfo("postgres")).await?;
-    let open: i64 = m
-        .query_one(
-            "select (select count(*) from unnest($1::bigint[]) e(id)
-                      where not exists (select from pgfan.job j where j.source_ev_id = e.id))
-                  + (select count(*) from pgfan.job where state in ('submitted', 'running'))
-                  + (select count(*) from pgfan.task where state in ('queued', 'claimed', 'running'))",
-            &[&raw_events],
-        )
-        .await?
-        .get(0);
-    if open > 0 {
-        return Ok(false);
-    }
-    for node in &rig.nodes {
-        let n = pgfan::db::connect_client(&node.conninfo("postgres")).await?;
-        let open: i64 = n
-            .query_one(
-                "select count(*) from pgfan_node.task
-                  where state in ('claimed', 'running') or shipped_at is null",
-                &[],
-            )
-            .await?
-            .get(0);
-        if open > 0 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-async fn wait_drained(rig: &Rig, raw_events: &[i64]) {
-    let deadline = Instant::now() + DRAIN_PATIENCE;
-    loop {
-        if drained(rig, raw_events).await.unwrap_or(false) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let states = states(&connect(&rig.master).await).await;
-            panic!(
-                "the pipeline did not drain within {DRAIN_PATIENCE:?}: {states:?}\n{}",
-                rig.logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// How many `tx=0` effects exist more than once (allowed: they are at-least-once).
-async fn non_tx_reruns(rig: &Rig) -> usize {
-    counts(rig, "select k, count(*) from effects_nt group by k")
-        .await
-        .values()
-        .filter(|n| **n > 1)
-        .count()
-}
-
-/// How many jobs and tasks ended in which state.
-async fn states(m: &Client) -> Vec<String> {
-    m.query(
-        "select format('jobs %s: %s', state, count(*)) from pgfan.job group by state
-         union all
-         select format('tasks %s: %s', state, count(*)) from pgfan.task group by state",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-/// Rows of `sql` (key text, count bigint) on every node, keyed by (node, key).
-async fn counts(rig: &Rig, sql: &str) -> BTreeMap<(String, String), i64> {
-    let mut out = BTreeMap::new();
-    for (name, node) in NODES.iter().zip(&rig.nodes) {
-        for r in connect(node).await.query(sql, &[]).await.unwrap() {
-            out.insert((name.to_string(), r.get(0)), r.get(1));
-        }
-    }
-    out
-}
-
-/// Everything the committed submissions must have caused, compared with what exists.
-#[derive(Default, Debug)]
-struct Verdict {
-    jobs: usize,
-    tasks: i64,
-    lost: Vec<String>,
-    duplicated: Vec<String>,
-    unexpected: Vec<String>,
-}
-
-/// The job ids of a committed submission (raw events resolved through their job).
-async fn job_ids(m: &Client, sub: &Submission) -> Vec<i64> {
-    let mut out = Vec::new();
-    for (raw, id) in &sub.ids {
-        out.push(if *raw {
-            m.query_one(
-                "select job_id from pgfan.job where source_queue = 'push_queue' and source_ev_id = $1",
-                &[id],
-            )
-            .await
-            .unwrap()
-            .get(0)
-        } else {
-            *id
-        });
-    }
-    out
-}
-
-async fn nodes_of(m: &Client, at: &At, jobs: &[i64]) -> Vec<String> {
-    match at {
-        At::Node(n) => vec![n.to_string()],
-        At::All => NODES.iter().map(|n| n.to_string()).collect(),
-        At::TaskOf(i) => m
-            .query(
-                "select node_name from pgfan.task where job_id = $1",
-                &[&jobs[*i]],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-    }
-}
-
-async fn verify(rig: &Rig, committed: &[&Submission]) -> Verdict {
-    let m = connect(&rig.master).await;
-    let mut v = Verdict::default();
-    let mut effects: BTreeMap<(String, String), i64> = BTreeMap::new();
-    let mut non_tx: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut items: BTreeMap<(String, i32), &str> = BTreeMap::new();
-    let mut lanes: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-    for sub in committed {
-        let jobs = job_ids(&m, sub).await;
-        v.jobs += jobs.len();
-        for job in &jobs {
-            let state: String = m
-                .query_one("select state from pgfan.job where job_id = $1", &[job])
-                .await
-                .unwrap()
-                .get(0);
-            if state != "done" && !(sub.plan.cancel && state == "cancelled") {
-                v.lost
-                    .push(format!("job {job} ({}) is {state}", sub.plan.label));
-            }
-        }
-        for e in &sub.plan.expect {
-            match e {
-                Expect::Effect(at, k) => {
-                    for n in nodes_of(&m, at, &jobs).await {
-                        *effects.entry((n, k.clone())).or_default() += 1;
-                    }
-                }
-                Expect::NonTx(at, k) => {
-                    for n in nodes_of(&m, at, &jobs).await {
-                        non_tx.insert((n, k.clone()));
-                    }
-                }
-                Expect::Item(n, id, Some(name)) => {
-                    items.insert((n.to_string(), *id), name);
-                }
-                Expect::Item(..) => {}
-                Expect::Lane(n, lane, seq) => {
-                    lanes
-                        .entry((n.to_string(), lane.clone()))
-                        .or_default()
-                        .push(*seq);
-                }
-                Expect::Reduced(i, field, want) => {
-                    let rows: Vec<Option<i64>> = m
-                        .query(
-                            "select (row_data ->> $2)::bigint from pgfan.job_result
-                              where job_id = $1",
-                            &[&jobs[*i], field],
-                        )
-                        .await
-                        .unwrap()
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    let what = format!(
-                        "job {} ({}) reduced to {rows:?}, not {field} = {want}",
-                        jobs[*i], sub.plan.label
-                    );
-                    match rows.as_slice() {
-                        [Some(n)] if n == want => {}
-                        [Some(n)] if n > want => v.duplicated.push(what),
-                        [] | [Some(_)] => v.lost.push(what),
-                        _ => v.unexpected.push(what),
-                    }
-                }
-                Expect::IfDone(i, k) => {
-                    for r in m
-                        .query(
-                            "select node_name from pgfan.task where job_id = $1 and state = 'done'",
-                            &[&jobs[*i]],
-                        )
-                        .await
-                        .unwrap()
-                    {
-                        *effects.entry((r.get(0), k.clone())).or_default() += 1;
-                    }
-                }
-            }
-        }
-    }
-    compare_effects(rig, &effects, &mut v).await;
-    compare_non_tx(rig, &non_tx, &mut v).await;
-    compare_items(rig, &items, &mut v).await;
-    compare_lanes(rig, &lanes, &mut v).await;
-    check_master(&m, &mut v).await;
-    v
-}
-
-async fn compare_effects(rig: &Rig, want: &BTreeMap<(String, String), i64>, v: &mut Verdict) {
-    let have = counts(rig, "select k, count(*) from effects group by k").await;
-    for (key, n) in want {
-        match have.get(key).copied().unwrap_or(0) {
-            0 => v.lost.push(format!("effect {key:?} missing")),
-            h if h > *n => v.duplicated.push(format!("effect {key:?} {h} times")),
-            _ => {}
-        }
-    }
-    for key in have.keys().filter(|k| !want.contains_key(*k)) {
-        v.unexpected.push(format!(
-            "effect {key:?} of no committed job, or of a task recorded as not done"
-        ));
-    }
-}
-
-async fn compare_non_tx(rig: &Rig, want: &BTreeSet<(String, String)>, v: &mut Verdict) {
-    let have = counts(rig, "select k, count(*) from effects_nt group by k").await;
-    for key in want.iter().filter(|k| !have.contains_key(*k)) {
-        v.lost.push(format!("tx=0 effect {key:?} missing"));
-    }
-    for key in have.keys().filter(|k| !want.contains(*k)) {
-        v.unexpected
-            .push(format!("tx=0 effect {key:?} of no committed job"));
-    }
-}
-
-async fn compare_items(rig: &Rig, want: &BTreeMap<(String, i32), &str>, v: &mut Verdict) {
-    let mut have = BTreeMap::new();
-    for (name, node) in NODES.iter().zip(&rig.nodes) {
-        for r in connect(node)
-            .await
-            .query("select id, name from items", &[])
-            .await
-            .unwrap()
-        {
-            have.insert(
-                (name.to_string(), r.get::<_, i32>(0)),
-                r.get::<_, String>(1),
-            );
-        }
-    }
-    for (key, name) in want {
-        match have.get(key) {
-            Some(h) if h == name => {}
-            other => v
-                .lost
-                .push(format!("item {key:?}: {other:?}, want {name:?}")),
-        }
-    }
-    for key in have.keys().filter(|k| !want.contains_key(*k)) {
-        v.unexpected.push(format!("item {key:?} should not exist"));
-    }
-}
-
-/// Lane rows: each exactly once, and per lane in submit order.
-async fn compare_lanes(rig: &Rig, want: &BTreeMap<(String, String), Vec<i64>>, v: &mut Verdict) {
-    let mut have: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-    for (name, node) in NODES.iter().zip(&rig.nodes) {
-        for r in connect(node)
-            .await
-            .query("select lane, seq from lane_log order by at", &[])
-            .await
-            .unwrap()
-        {
-            have.entry((name.to_string(), r.get(0)))
-                .or_default()
-                .push(r.get(1));
-        }
-    }
-    for (key, seqs) in want {
-        let got = have.remove(key).unwrap_or_default();
-        if &got == seqs {
-            continue;
-        }
-        let got_set: BTreeSet<_> = got.iter().collect();
-        let missing = seqs.iter().filter(|s| !got_set.contains(s)).count();
-        if missing > 0 {
-            v.lost.push(format!("lane {key:?}: {missing} rows missing"));
-        }
-        if got_set.len() < got.len() {
-            v.duplicated.push(format!(
-                "lane {key:?}: {} rows twice",
-                got.len() - got_set.len()
-            ));
-        }
-        if missing == 0 && got_set.len() == got.len() && got.len() == seqs.len() {
-            v.unexpected
-                .push(format!("lane {key:?} out of order: {got:?}"));
-        }
-    }
-    for key in have.keys() {
-        v.unexpected
-            .push(format!("lane {key:?} of no committed job"));
-    }
-}
-
-/// Master-side bookkeeping: tasks all done, each done task's rows recorded once, no dead
-/// letters (nothing in this load is bad input).
-async fn check_master(m: &Client, v: &mut Verdict) {
-    v.tasks = m
-        .query_one("select count(*) from pgfan.task", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let bad: Vec<String> = m
-        .query(
-            "select format('task %s of job %s is %s', task_id, job_id, state) from pgfan.task t
-              where state <> 'done'
-                and not (state = 'cancelled'
-                         and exists (select from pgfan.job j
-                                      where j.job_id = t.job_id
-                                        and (j.state = 'cancelled' or j.policy like 'k:%')))
-             union all
-             select format('task %s has %s result rows, %s recorded', t.task_id, t.result_rows,
-                           (select count(*) from pgfan.task_row r where r.task_id = t.task_id))
-               from pgfan.task t
-              where t.result_rows <> (select count(*) from pgfan.task_row r where r.task_id = t.task_id)
-             union all
-             select format('dead letter %s: %s', dl_id, error) from pgfan.dead_letter",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.unexpected.extend(bad);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_daemons_and_crashed_servers_lose_nothing_and_apply_nothing_twice() {
     let seed = std::env::var("PGFAN_CRASH_SEED")
@@ -1110,7 +467,7 @@ async fn killed_daemons_and_crashed_servers_lose_nothing_and_apply_nothing_twice
         states(&m).await.join(", "),
         non_tx_reruns(&rig).await
     );
-    println!("  submit errors: {:?}", produced.errors);
+    println!("  producer errors: {:?}", produced.errors);
     println!(
         "kills: {} ({:?}), restarts: {}, servers stopped -m immediate and restarted: {:?}",
         chaos.kills.values().sum::<usize>(),
@@ -1146,6 +503,11 @@ async fn killed_daemons_and_crashed_servers_lose_nothing_and_apply_nothing_twice
         rig.logs()
     );
     assert!(
+        produced.faults.is_empty(),
+        "submit or cancel failed other than by a lost master: {:#?}",
+        produced.faults
+    );
+    assert!(
         chaos.own_exits.is_empty(),
         "daemons exited by themselves: {:#?}",
         chaos.own_exits
@@ -1153,4 +515,70 @@ async fn killed_daemons_and_crashed_servers_lose_nothing_and_apply_nothing_twice
     assert_eq!(chaos.server_stops.len(), 2, "both server stops happened");
     assert!(committed.len() > 50, "a steady load was submitted");
     rig.shutdown().await;
+}
+
+/// Found by the crash test: the reducer locked a task's row (`record_result`) and then its
+/// job's (`complete_job`), while `pgfan.cancel` locks the job and then its tasks, so a
+/// cancel racing the result of one of the job's tasks deadlocked.
+#[tokio::test]
+async fn a_cancel_racing_a_result_of_its_job_does_not_deadlock() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .expect("start a cluster");
+    let mut reducer = connect(&cluster).await;
+    pgfan::install::install(&mut reducer, pgfan::install::Role::Master)
+        .await
+        .expect("install the master");
+    let (job, task): (i64, i64) = reducer
+        .query_one(
+            "with n as (select pgfan.node_add('n1')),
+                  j as (insert into pgfan.job (kind, target, state)
+                        select 'sql', 'n1', 'running' from n returning job_id)
+             insert into pgfan.task (job_id, node_name, kind, payload, state)
+             select job_id, 'n1', 'sql', 'sql=select+1', 'running' from j
+             returning job_id, task_id",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    let tx = reducer.transaction().await.unwrap();
+    tx.query_one(
+        "select pgfan.record_result($1, 'n1', '{\"state\": \"done\"}')",
+        &[&task],
+    )
+    .await
+    .unwrap();
+    let canceller = connect(&cluster).await;
+    let pid: i32 = canceller
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let cancel = tokio::spawn(async move {
+        canceller
+            .query_one("select pgfan.cancel($1)", &[&job])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+    });
+    let watcher = connect(&cluster).await;
+    while !watcher
+        .query_one(
+            "select wait_event_type = 'Lock' from pg_stat_activity where pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let completed = tx
+        .query_one("select pgfan.complete_job($1)", &[&job])
+        .await
+        .map(|r| r.get::<_, Option<String>>(0));
+    assert_eq!(completed.unwrap(), Some("done".to_string()));
+    tx.commit().await.unwrap();
+    assert!(!cancel.await.unwrap().unwrap(), "the job was already done");
 }

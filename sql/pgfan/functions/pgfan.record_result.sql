@@ -13,6 +13,12 @@ declare
     v_state text := i_result ->> 'state';
     v_error text := i_result ->> 'error';
 begin
+    -- The job's row first: pgfan.cancel and pgfan.expire_jobs lock a job and then its tasks,
+    -- and the reducer locks the job again in complete_job; taking the task first deadlocked
+    -- with a cancel of its job.
+    perform 1 from pgfan.job
+     where job_id = (select t.job_id from pgfan.task t where t.task_id = i_task_id)
+       for update;
     select task_id, job_id, node_name, state into v_task
       from pgfan.task where task_id = i_task_id for update;
     if not found or v_task.node_name is distinct from i_node

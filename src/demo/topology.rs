@@ -83,6 +83,16 @@ impl Topology {
         n: usize,
         configure: impl Fn(&mut NodeConfig),
     ) -> Result<Topology, DemoError> {
+        Self::start_with_ticker(n, configure, |_| {}).await
+    }
+
+    /// Like [`Topology::start`], and `tune` adjusts the ticker's settings first (a soak test
+    /// shortens `maint_period` so that rotation runs within seconds).
+    pub async fn start_with_ticker(
+        n: usize,
+        configure: impl Fn(&mut NodeConfig),
+        tune: impl FnOnce(&mut TickerConfig),
+    ) -> Result<Topology, DemoError> {
         let starts: Vec<_> = (0..=n)
             .map(|_| tokio::task::spawn_blocking(Cluster::start))
             .collect();
@@ -123,7 +133,7 @@ impl Topology {
             nodes,
             daemons: Vec::new(),
         };
-        topo.start_master_daemons();
+        topo.start_master_daemons(tune);
         for i in 0..n {
             topo.start_node(i);
         }
@@ -140,13 +150,14 @@ impl Topology {
         Ok(crate::db::connect_client(&self.master_conninfo()).await?)
     }
 
-    fn start_master_daemons(&mut self) {
+    fn start_master_daemons(&mut self, tune: impl FnOnce(&mut TickerConfig)) {
         let master = self.master_conninfo();
-        let ticker = TickerConfig {
+        let mut ticker = TickerConfig {
             base_connstr: format!("host=127.0.0.1 port={} user=postgres", self.master.port()),
             database_list: vec!["postgres".into()],
             ..TickerConfig::default()
         };
+        tune(&mut ticker);
         self.daemons.push(Daemon::spawn("ticker", |rx| async move {
             crate::ticker::run(None, ticker, rx)
                 .await

@@ -307,6 +307,9 @@ pub enum NodeCmd {
     Activate { name: String },
     /// Every node with its state and heartbeat.
     List,
+    /// Bind the login role the node's daemon uses on the master; it may then act as this
+    /// node and no other (the role also needs `grant pgfan_node to <role>`).
+    Login { name: String, role: String },
 }
 
 pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<(), AdminError> {
@@ -315,6 +318,12 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<(), AdminError> {
         NodeCmd::Drain { name } => ("select pgfan.node_drain($1)", name),
         NodeCmd::Disable { name } => ("select pgfan.node_disable($1)", name),
         NodeCmd::Activate { name } => ("select pgfan.node_activate($1)", name),
+        NodeCmd::Login { name, role } => {
+            c.query_one("select pgfan.node_set_login($1, $2)", &[name, role])
+                .await?;
+            println!("{name}: login role {role}");
+            return Ok(());
+        }
         NodeCmd::List => {
             for r in c
                 .query(

@@ -53,7 +53,11 @@ async fn allowed(c: &Client, sql: &str) -> Vec<tokio_postgres::Row> {
 
 /// A master with nodes n1 and n2, each bound to a login of its own; returns the logins.
 async fn master_with_two_nodes() -> (TestDb, String, String) {
-    let master = TestDb::master(Backend::Bundled).await;
+    master_with_two_nodes_on(Backend::Bundled).await
+}
+
+async fn master_with_two_nodes_on(backend: Backend) -> (TestDb, String, String) {
+    let master = TestDb::master(backend).await;
     let n1 = login(&master, "n1", "pgfan_node").await;
     let n2 = login(&master, "n2", "pgfan_node").await;
     let m = master.connect().await;
@@ -97,9 +101,11 @@ async fn task_for(m: &Client, node: &str) -> i64 {
     task
 }
 
-#[tokio::test]
-async fn a_node_login_cannot_read_or_claim_another_nodes_events() {
-    let (master, n1, _n2) = master_with_two_nodes().await;
+both_backends!(a_node_login_cannot_read_or_claim_another_nodes_events);
+
+/// On the bundled core and on the PgQ extension (whose grants are the same).
+async fn a_node_login_cannot_read_or_claim_another_nodes_events(backend: Backend) {
+    let (master, n1, _n2) = master_with_two_nodes_on(backend).await;
     let m = master.connect().await;
     let t1 = task_for(&m, "n1").await;
     let t2 = task_for(&m, "n2").await;
@@ -281,6 +287,11 @@ async fn a_producer_submits_and_follows_its_own_jobs_only() {
         "select pgfan.run_parallel(array['select 1', 'select 2'], 2, 'n2')",
     )
     .await;
+    allowed(
+        &c,
+        "select pgfan.push_event('sql', 'sql=select+1&reduce=%73um&lane=l', 'n1')",
+    )
+    .await;
     allowed(&c, &format!("select * from pgfan.job_status({job})")).await;
     allowed(&c, &format!("select pgfan.job_summary({foreign})")).await;
     allowed(&c, &format!("select pgfan.wait({job}, '0')")).await;
@@ -300,6 +311,9 @@ async fn a_producer_submits_and_follows_its_own_jobs_only() {
         format!("select * from pgfan.result({foreign})"),
         // Reduce SQL runs with the reducer's rights: shorthands only for producers.
         "select pgfan.submit('n1', 'select 1', reduce => 'select count(*) from pg_authid')".into(),
+        "select pgfan.push_event('sql', 'sql=select+1&reduce=select+1', 'n1')".into(),
+        "select pgfan.push_event('sql', 'sql=select+1&r%65duce=select+1', 'n1')".into(),
+        format!("select pgfan.push_event('sql', 'job={foreign}', 'n1')"),
         "select * from pgfan.job".into(),
         "select * from pgfan.task".into(),
         "select * from pgfan.dead_letter".into(),

@@ -1,7 +1,8 @@
 -- pgfan grants: the roles an operator gives to login roles (README, "Security").
 --
---   pgfan_producer  submit jobs and follow them: submit, run_on_all, run_parallel, wait,
---                   job_status, job_summary, and result/cancel of its own jobs; no table
+--   pgfan_producer  submit jobs and follow them: submit, run_on_all, run_parallel,
+--                   push_event (the raw form, into push_queue only), wait, job_status,
+--                   job_summary, and result/cancel of its own jobs; no table
 --   pgfan_operator  read-only: `pgfan status` (pgfan's tables, job summaries)
 --   pgfan_node      a node daemon's doors (pgfan.node_caller decides which node a login
 --                   may act as, from pgfan.node.login_role): its queue, claims, heartbeat,
@@ -48,6 +49,7 @@ begin
             ('pgfan_producer', 'execute on function pgfan.cancel(bigint)'),
             ('pgfan_producer', 'execute on function pgfan.job_status(bigint)'),
             ('pgfan_producer', 'execute on function pgfan.job_summary(bigint)'),
+            ('pgfan_producer', 'execute on function pgfan.push_event(text, text, text)'),
             ('pgfan_operator', 'usage on schema pgfan'),
             ('pgfan_operator', 'select on pgfan.node, pgfan.partition, pgfan.job, pgfan.task, pgfan.dead_letter'),
             ('pgfan_operator', 'execute on function pgfan.job_status(bigint)'),

@@ -178,8 +178,41 @@ fn parse(e: &Event) -> Option<(i64, Option<String>, serde_json::Value)> {
         .data
         .as_deref()
         .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter(serde_json::Value::is_object)?;
+        .filter(well_formed)?;
     Some((task, e.extra[2].clone(), result))
+}
+
+/// Whether `pgfan.record_result` can store the result (docs/pipeline.md): an object whose
+/// `columns` and `types` are lists of strings and `rows` a list of lists of strings or
+/// nulls, each optional, with no NUL character anywhere, which jsonb cannot hold. Anything
+/// else would make the statement fail, and the batch with it, again at every retry: the
+/// reducer would stop, stuck on one bad event, instead of dead-lettering it.
+fn well_formed(result: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let strings = |v: &Value, nulls: bool| {
+        v.as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string() || (nulls && x.is_null())))
+    };
+    let rows = |v: &Value| {
+        v.as_array()
+            .is_some_and(|r| r.iter().all(|r| strings(r, true)))
+    };
+    let optional = |key: &str, ok: &dyn Fn(&Value) -> bool| result.get(key).is_none_or(ok);
+    result.is_object()
+        && !has_nul(result)
+        && optional("columns", &|v| strings(v, false))
+        && optional("types", &|v| strings(v, false))
+        && optional("rows", &rows)
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 async fn dead_letter(tx: &Transaction<'_>, e: &Event) -> Result<(), HandlerError> {

@@ -11,6 +11,15 @@ use thiserror::Error;
 
 use crate::urlenc::{self, DecodeError};
 
+/// Largest request (keys and values, decoded) the relay routes. Every byte is stored again
+/// in the job, each task and each pull event, and a node holds the whole task in memory;
+/// results have the same cap for the same reasons (`MAX_RESULT_BYTES` on the node).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// Longest timeout a task can have: PostgreSQL's `statement_timeout` is an int of
+/// milliseconds, and the node sets it from this.
+const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// Keys that are options, never copy columns.
 const OPTION_KEYS: [&str; 9] = [
     "action", "table", "job", "reduce", "policy", "lane", "parallel", "timeout", "tx",
@@ -38,6 +47,13 @@ pub enum RequestError {
     },
     #[error("pgfan: copy event without column values")]
     NoColumns,
+    #[error("pgfan: copy column {0:?} given twice")]
+    DuplicateColumn(String),
+    #[error(
+        "pgfan: event data too large: {bytes} bytes (the limit is {})",
+        MAX_REQUEST_BYTES
+    )]
+    TooLarge { bytes: usize },
     #[error("pgfan: job params are not an object of string arrays")]
     Params,
 }
@@ -107,20 +123,14 @@ impl Request {
 
     /// Checks decoded key/value pairs.
     pub fn from_pairs(kind: Kind, pairs: Vec<(String, String)>) -> Result<Request, RequestError> {
+        let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_REQUEST_BYTES {
+            return Err(RequestError::TooLarge { bytes });
+        }
         let one = |key: &'static str| single(&pairs, key);
         let job = job_of(&pairs)?;
-        let parallel = one("parallel")?
-            .map(|v| parse_num(v, "parallel", "not a positive integer"))
-            .transpose()?
-            .map(|p: i64| u32::try_from(p).ok().filter(|p| *p > 0))
-            .map(|p| p.ok_or_else(|| invalid("parallel", "", "not a positive integer")))
-            .transpose()?;
-        let timeout = one("timeout")?
-            .map(|v| {
-                crate::config::parse_duration(v)
-                    .map_err(|_| invalid("timeout", v, "not a duration like 500ms, 5s or 2m"))
-            })
-            .transpose()?;
+        let parallel = one("parallel")?.map(parse_parallel).transpose()?;
+        let timeout = one("timeout")?.map(parse_timeout).transpose()?;
         let tx = match one("tx")? {
             None | Some("1") | Some("true") => true,
             Some("0") | Some("false") => false,
@@ -246,6 +256,12 @@ fn copy_payload(pairs: &[(String, String)]) -> Result<String, RequestError> {
     if columns.is_empty() {
         return Err(RequestError::NoColumns);
     }
+    // The node refuses a row that sets a column twice; refusing it here names the event.
+    for (i, (c, _)) in columns.iter().enumerate() {
+        if columns[..i].iter().any(|(k, _)| k == c) {
+            return Err(RequestError::DuplicateColumn(c.to_string()));
+        }
+    }
     out.extend(columns);
     Ok(urlenc::encode(out))
 }
@@ -271,6 +287,29 @@ fn single<'a>(
         return Err(RequestError::Repeated { key });
     }
     Ok(first)
+}
+
+fn parse_parallel(v: &str) -> Result<u32, RequestError> {
+    let why = "not a positive integer";
+    let p = parse_num(v, "parallel", why)?;
+    u32::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| invalid("parallel", v, why))
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, RequestError> {
+    let t = crate::config::parse_duration(v)
+        .map_err(|_| invalid("timeout", v, "not a duration like 500ms, 5s or 2m"))?;
+    if t > MAX_TIMEOUT {
+        // The node could not set it; failing here names the event instead of a task.
+        return Err(invalid(
+            "timeout",
+            v,
+            "longer than 24 days, PostgreSQL's largest statement_timeout",
+        ));
+    }
+    Ok(t)
 }
 
 fn parse_num(v: &str, key: &'static str, why: &'static str) -> Result<i64, RequestError> {
@@ -348,6 +387,12 @@ mod tests {
         assert!(err(Kind::Sql, "sql=x&policy=most").contains("policy"));
         assert!(err(Kind::Sql, "sql=x&job=1&job=2").contains("more than once"));
         assert!(err(Kind::Sql, "sql=%ff").contains("invalid UTF-8"));
+        assert!(err(Kind::Sql, "sql=x&parallel=0").contains("parallel=\"0\""));
+        assert!(err(Kind::Sql, "sql=x&timeout=30d").contains("longer than 24 days"));
+        assert!(Request::from_event(Kind::Sql, "sql=x&timeout=24d").is_ok());
+        assert!(err(Kind::Copy, "action=ins&id=1&id=2").contains("\"id\" given twice"));
+        let huge = format!("sql={}", "x".repeat(MAX_REQUEST_BYTES));
+        assert!(err(Kind::Sql, &huge).contains("too large"));
         assert!(Kind::parse("shell").is_err());
     }
 }

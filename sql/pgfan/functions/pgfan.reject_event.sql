@@ -4,6 +4,8 @@
 -- The event goes to the dead-letter table with the reason, and its job (the one named by
 -- job_id, else a new one for a raw event) fails with the same reason, so a waiting caller
 -- learns why. The batch goes on: one bad event never blocks the others. Returns the job id.
+-- Only a job not yet routed is failed: an event naming a job that is already running (a
+-- replayed or repeated submit event) is dead-lettered without touching the job's work.
 create or replace function pgfan.reject_event(
     i_queue text, i_ev_id bigint, i_kind text, i_data text, i_target text,
     i_job_id bigint, i_error text)
@@ -14,7 +16,7 @@ begin
     if i_job_id is not null then
         update pgfan.job
            set state = 'failed', error = i_error, finished_at = now()
-         where job_id = i_job_id and state in ('submitted', 'running')
+         where job_id = i_job_id and state = 'submitted'
         returning job_id into v_job;
     else
         insert into pgfan.job (kind, target, state, error, finished_at, source_queue, source_ev_id)

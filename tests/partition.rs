@@ -89,8 +89,8 @@ impl Netns {
     fn create() -> Result<Netns, String> {
         let pid = std::process::id();
         let name = format!("pgfan-part-{pid}");
-        ip(&["netns", "add", &name])?;
         let (a, b) = free_subnet(pid);
+        ip(&["netns", "add", &name])?;
         let ns = Netns {
             name,
             root_end: format!("pfr{pid}"),

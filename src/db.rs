@@ -107,25 +107,14 @@ async fn tls_error(err: crate::tls::TlsError) -> tokio_postgres::Error {
     let message = err.to_string();
     let mut cfg = tokio_postgres::Config::new();
     cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    let mut first = true;
+    // Never repeats: the peer says nothing but 'S' (yes to the SSL request) and Refuse
+    // then fails the handshake, so no attempt can succeed.
     loop {
-        let (ours, mut server) = tokio::io::duplex(64);
-        if first {
-            // The server's answer to the SSL request: 'S', go ahead. (A failed write
-            // only makes the attempt fail earlier, with another error.)
-            let _ = server.write_all(b"S").await;
-        } else {
-            // Should a first attempt ever not reach the handshake, a stream whose other
-            // end is gone fails for certain.
-            drop(server);
-            server = tokio::io::duplex(1).1;
-        }
-        let attempt = cfg.connect_raw(ours, Refuse(message.clone())).await;
-        drop(server);
-        if let Err(e) = attempt {
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let _ = peer.write_all(b"S").await;
+        if let Err(e) = cfg.connect_raw(ours, Refuse(message.clone())).await {
             return e;
         }
-        first = false;
     }
 }
 

@@ -10,6 +10,7 @@ create or replace function pgfan.resolve_target(i_target text)
 returns setof text as $$
 declare
     v_name text;
+    v_names text[];
     v_count integer;
     v_state text;
 begin
@@ -47,9 +48,16 @@ begin
         end if;
         return next v_name;
     else
-        for v_name in
-            select min(btrim(x)) from unnest(string_to_array(i_target, ',')) with ordinality u(x, i)
-             group by btrim(x) order by min(i)
+        -- One name is by far the common target; it needs no list query.
+        if position(',' in i_target) = 0 then
+            v_names := array[btrim(i_target)];
+        else
+            select array_agg(n order by i) into v_names
+              from (select btrim(x) n, min(i) i
+                      from unnest(string_to_array(i_target, ',')) with ordinality u(x, i)
+                     group by btrim(x)) l;
+        end if;
+        foreach v_name in array v_names
         loop
             select state into v_state from pgfan.node where node_name = v_name;
             if not found then

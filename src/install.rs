@@ -17,6 +17,9 @@ const INSTALL_LOCK_KEY: i64 = 0x7067_6661_6e00;
 /// The roles the pgq grants refer to; without them grants.sql is skipped.
 const PGQ_ROLES: [&str; 3] = ["pgq_reader", "pgq_writer", "pgq_admin"];
 
+/// The roles pgfan's own grants (sql/pgfan/grants.sql) go to, on a master.
+const PGFAN_ROLES: [&str; 3] = ["pgfan_producer", "pgfan_operator", "pgfan_node"];
+
 /// What kind of database is being prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -74,6 +77,9 @@ pub struct Report {
     pub components: Vec<(String, Outcome)>,
     /// False when the pgq roles could not be created, so their grants were skipped.
     pub roles_granted: bool,
+    /// False when a master's pgfan roles could not be created (no CREATEROLE), so only
+    /// the owner can use pgfan there.
+    pub pgfan_roles_granted: bool,
 }
 
 impl Report {
@@ -107,6 +113,9 @@ impl fmt::Display for Report {
         if !self.roles_granted {
             writeln!(f, "note: roles pgq_reader/pgq_writer/pgq_admin are missing and could not be created; their grants were skipped")?;
         }
+        if !self.pgfan_roles_granted {
+            writeln!(f, "note: roles pgfan_producer/pgfan_operator/pgfan_node are missing and could not be created; their grants were skipped")?;
+        }
         Ok(())
     }
 }
@@ -125,10 +134,12 @@ pub async fn install(client: &mut Client, role: Role) -> Result<Report, InstallE
         components.push((name.to_string(), install_component(&tx, name).await?));
     }
     let roles_granted = pgq_roles_exist(&tx).await?;
+    let pgfan_roles_granted = role != Role::Master || roles_exist(&tx, &PGFAN_ROLES).await?;
     tx.commit().await?;
     Ok(Report {
         components,
         roles_granted,
+        pgfan_roles_granted,
     })
 }
 
@@ -209,7 +220,11 @@ async fn schema_exists(tx: &Transaction<'_>, name: &str) -> Result<bool, Install
 }
 
 async fn pgq_roles_exist(tx: &Transaction<'_>) -> Result<bool, InstallError> {
-    let roles: Vec<String> = PGQ_ROLES.iter().map(|r| r.to_string()).collect();
+    roles_exist(tx, &PGQ_ROLES).await
+}
+
+async fn roles_exist(tx: &Transaction<'_>, names: &[&str]) -> Result<bool, InstallError> {
+    let roles: Vec<String> = names.iter().map(|r| r.to_string()).collect();
     let row = tx
         .query_one("select count(*) = cardinality($1::text[]) from pg_catalog.pg_roles where rolname = any($1)", &[&roles])
         .await?;

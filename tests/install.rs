@@ -249,6 +249,10 @@ async fn owner_without_createrole_installs_without_the_roles() {
         "the report says the role grants were skipped"
     );
     assert!(
+        !report.pgfan_roles_granted,
+        "the report says pgfan's role grants were skipped"
+    );
+    assert!(
         report.to_string().contains("could not be created"),
         "{report}"
     );

@@ -252,5 +252,11 @@ mod tests {
         cfg.name = "ok".into();
         cfg.workers = 0;
         assert!(cfg.check().is_err());
+        cfg.workers = 4;
+        cfg.task_role = Some(String::new());
+        assert!(cfg.check().is_err());
+        // Any name PostgreSQL can hold is fine: it is bound as a parameter, never spliced.
+        cfg.task_role = Some("Task \"role\"; drop table x".into());
+        assert!(cfg.check().is_ok());
     }
 }

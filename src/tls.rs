@@ -75,31 +75,38 @@ pub enum TlsError {
 /// Keys of the connection string this module handles instead of tokio-postgres.
 const KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"];
 
-/// Splits `conninfo` (keyword/value form) into what tokio-postgres parses and the TLS
-/// settings. URIs (`postgresql://...`) are passed on unchanged with the environment's
-/// settings, as tokio-postgres parses their `sslmode` itself.
+/// Splits `conninfo` (keyword/value form, or a `postgresql://` URI with the settings as
+/// query parameters) into what tokio-postgres parses and the TLS settings.
 pub fn split(conninfo: &str) -> Result<(String, Settings), TlsError> {
     let pick = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
     let mut mode = pick("PGSSLMODE");
     let mut root_cert = pick("PGSSLROOTCERT");
     let mut cert = pick("PGSSLCERT");
     let mut key = pick("PGSSLKEY");
-    let rest = if conninfo.trim_start().contains("://") {
-        conninfo.to_string()
+    let uri = conninfo.trim_start().contains("://");
+    let (found, rest) = if uri {
+        uri_pairs(conninfo)
     } else {
+        let mut found = Vec::new();
         let mut kept = Vec::new();
         for (k, v) in pairs(conninfo) {
-            match k.as_str() {
-                "sslmode" => mode = Some(v),
-                "sslrootcert" => root_cert = Some(v),
-                "sslcert" => cert = Some(v),
-                "sslkey" => key = Some(v),
-                _ if KEYS.contains(&k.as_str()) => {}
-                _ => kept.push(format!("{k}={}", quote(&v))),
+            if KEYS.contains(&k.as_str()) {
+                found.push((k, v));
+            } else {
+                kept.push(format!("{k}={}", quote(&v)));
             }
         }
-        kept.join(" ")
+        (found, kept.join(" "))
     };
+    for (k, v) in found {
+        match k.as_str() {
+            "sslmode" => mode = Some(v),
+            "sslrootcert" => root_cert = Some(v),
+            "sslcert" => cert = Some(v),
+            "sslkey" => key = Some(v),
+            _ => {}
+        }
+    }
     let mode = match mode {
         None => Mode::Prefer,
         Some(m) => Mode::parse(&m).ok_or(TlsError::Mode(m))?,
@@ -149,6 +156,29 @@ fn default_root_cert() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default();
     home.join(".postgresql").join("root.crt")
+}
+
+/// The TLS settings among a URI's query parameters (percent-decoded), and the URI without
+/// them.
+fn uri_pairs(uri: &str) -> (Vec<(String, String)>, String) {
+    let Some((base, query)) = uri.split_once('?') else {
+        return (Vec::new(), uri.to_string());
+    };
+    let mut found = Vec::new();
+    let mut kept = Vec::new();
+    for param in query.split('&') {
+        let (k, v) = param.split_once('=').unwrap_or((param, ""));
+        if KEYS.contains(&k) {
+            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            found.push((k.to_string(), v.into_owned()));
+        } else {
+            kept.push(param);
+        }
+    }
+    match kept.is_empty() {
+        true => (found, base.to_string()),
+        false => (found, format!("{base}?{}", kept.join("&"))),
+    }
 }
 
 /// Quotes a value for tokio-postgres' keyword/value parser.
@@ -231,6 +261,24 @@ mod tests {
         let cfg: tokio_postgres::Config = rest.parse().unwrap();
         assert_eq!(cfg.get_password(), Some(&b"p w'x\\"[..]));
         assert_eq!(cfg.get_dbname(), Some("d"));
+    }
+
+    #[test]
+    fn uris_have_their_tls_parameters_taken_out() {
+        let (rest, s) = split(
+            "postgresql://app@db.example:5433/app?sslmode=verify-ca&connect_timeout=5&sslrootcert=%2Fetc%2Fca.crt",
+        )
+        .unwrap();
+        assert_eq!(s.mode, Mode::VerifyCa);
+        assert_eq!(s.root_cert, Some(PathBuf::from("/etc/ca.crt")));
+        assert_eq!(
+            rest,
+            "postgresql://app@db.example:5433/app?connect_timeout=5"
+        );
+        let cfg: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(cfg.get_dbname(), Some("app"));
+        let (rest, s) = split("postgres://h/d?sslmode=disable").unwrap();
+        assert_eq!((rest.as_str(), s.mode), ("postgres://h/d", Mode::Disable));
     }
 
     #[test]

@@ -113,7 +113,7 @@ async fn a_node_login_cannot_read_or_claim_another_nodes_events(backend: Backend
         .await
         .expect("n2 has a batch")
         .batch_id;
-    let c = master.connect_as(&n1).await;
+    let mut c = master.connect_as(&n1).await;
 
     // Through the doors, as n2: refused before anything is read or changed.
     for sql in [
@@ -155,7 +155,6 @@ async fn a_node_login_cannot_read_or_claim_another_nodes_events(backend: Backend
     assert_eq!(state, "queued", "n2's task was not claimed");
 
     // Its own queue, through the same doors: the whole claim cycle works.
-    let mut c = c;
     let tx = c.transaction().await.unwrap();
     let b1: i64 = tx
         .query_one(

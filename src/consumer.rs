@@ -27,6 +27,13 @@ use crate::ticker::TICK_CHANNEL;
 /// Name of the cursor used for lazy fetching.
 const CURSOR: &str = "pgfan_batch_walker";
 
+/// A batch whose end tick was older than this (seconds) when it was opened means the
+/// consumer is behind its queue.
+const CATCH_UP_LAG: f64 = 0.1;
+
+/// Events per batch a consumer that is behind asks for.
+const CATCH_UP_COUNT: i32 = 1000;
+
 /// How one consumer reads its queue.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
@@ -248,41 +255,43 @@ async fn session_loop<H: BatchHandler>(
             return Err(HandlerError::Setup(e.to_string()));
         }
     }
+    let mut behind = false;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        if process_one(opts, handler, &mut session.client).await? {
+        if let Some(lag) = process_one(opts, handler, &mut session.client, behind).await? {
             *finished += 1;
+            behind = lag > CATCH_UP_LAG;
             continue;
         }
+        behind = false;
         if wait_for_tick(opts, &mut session.messages, stop).await {
             return Ok(());
         }
     }
 }
 
-/// Processes the next batch; false when there was none.
-async fn process_one<H: BatchHandler>(
+/// Opens (or re-opens) the next batch: batch_id (NULL when none), cur_tick_id,
+/// prev_tick_id, lag in seconds.
+async fn open_batch(
+    tx: &Transaction<'_>,
     opts: &ConsumerOptions,
-    handler: &mut H,
-    client: &mut tokio_postgres::Client,
-) -> Result<bool, HandlerError> {
-    let started = Instant::now();
-    let tx = client.transaction().await?;
+    min_count: Option<i32>,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
     let (min_lag, min_interval) = (
         opts.min_lag.map(interval_text),
         opts.min_interval.map(interval_text),
     );
-    let row = match &opts.node {
+    match &opts.node {
         Some(node) => {
             tx.query_one(
                 "select batch_id, cur_tick_id, prev_tick_id,
                     extract(epoch from now() - cur_tick_time)::float8
                from pgfan.node_next_batch($1, $2::text::interval, $3, $4::text::interval)",
-                &[node, &min_lag, &opts.min_count, &min_interval],
+                &[node, &min_lag, &min_count, &min_interval],
             )
-            .await?
+            .await
         }
         None => {
             tx.query_one(
@@ -293,16 +302,37 @@ async fn process_one<H: BatchHandler>(
                     &opts.queue,
                     &opts.consumer,
                     &min_lag,
-                    &opts.min_count,
+                    &min_count,
                     &min_interval,
                 ],
             )
-            .await?
+            .await
         }
-    };
+    }
+}
+
+/// Processes the next batch; returns its lag in seconds, None when there was none.
+///
+/// A consumer that is `behind` asks for at least [`CATCH_UP_COUNT`] events (PgQ then ends
+/// the batch at the first tick that has them), and for the next tick only when fewer are
+/// waiting: with the ticker ticking every few milliseconds under load, one batch per tick
+/// would spend more on batch overhead than on events and never catch up.
+async fn process_one<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    client: &mut tokio_postgres::Client,
+    behind: bool,
+) -> Result<Option<f64>, HandlerError> {
+    let started = Instant::now();
+    let tx = client.transaction().await?;
+    let catch_up = (behind && opts.min_count.is_none()).then_some(CATCH_UP_COUNT);
+    let mut row = open_batch(&tx, opts, catch_up.or(opts.min_count)).await?;
+    if catch_up.is_some() && row.get::<_, Option<i64>>(0).is_none() {
+        row = open_batch(&tx, opts, None).await?;
+    }
     let Some(batch_id) = row.get::<_, Option<i64>>(0) else {
         tx.commit().await?;
-        return Ok(false);
+        return Ok(None);
     };
     let batch = BatchRef {
         batch_id,
@@ -363,9 +393,10 @@ async fn process_one<H: BatchHandler>(
     let labels = labels(opts);
     metrics::counter!("pgfan_consumer_batches_total", &labels).increment(1);
     metrics::counter!("pgfan_consumer_events_total", &labels).increment(events);
-    metrics::gauge!("pgfan_consumer_lag_seconds", &labels).set(row.get::<_, f64>(3));
+    let lag = row.get::<_, f64>(3);
+    metrics::gauge!("pgfan_consumer_lag_seconds", &labels).set(lag);
     metrics::histogram!("pgfan_consumer_batch_duration_seconds", &labels).record(started.elapsed());
-    Ok(true)
+    Ok(Some(lag))
 }
 
 /// The labels of a consumer's metrics.

@@ -1,10 +1,642 @@
-//! Case footprint (being written).
+//! Case 8 (`footprint`): what each daemon costs while nothing happens: resident memory and
+//! CPU with 100 idle queues and 3 nodes, and the WAL the ticker writes per idle minute,
+//! against pgqd ticking the same queues.
+//!
+//! The daemons run as real processes of the release binary that `cargo bench` builds with
+//! the suite (`CARGO_BIN_EXE_pgfan`, the bench profile = release), each from its own TOML
+//! file with pgfan's defaults: ticker, relay, reducer on a master cluster and one node
+//! daemon per node database (n1..n3, three databases of one node cluster). The master also
+//! holds 100 extra queues without consumers (`idle_001`..`idle_100`), which the ticker must
+//! keep ticking. Their first tick is backdated by two minutes right after they are made, so
+//! they are idle queues at once (one idle tick a minute, `ticker_idle_period`) instead of
+//! new ones whose idle ticks back off over the first two minutes.
+//!
+//! After start, one `pgfan.run_on_all('select 1')` job goes through the pipeline (every
+//! daemon's code paths and connections touched) and is waited for. Then three idle windows:
+//! 1. every pgfan daemon running: each daemon's VmRSS (and VmHWM) from /proc/<pid>/status,
+//!    its CPU as utime+stime over the window from /proc/<pid>/stat in % of one core, the CPU
+//!    of its server sessions on the master (found by `application_name`), and the master's
+//!    WAL over the window (`pg_current_wal_insert_lsn` difference) per minute;
+//! 2. pgfan's ticker stopped (SIGTERM), the rest running: the WAL nobody ticks (node
+//!    heartbeats and the like), subtracted from windows 1 and 3 to get a ticker's share;
+//! 3. pgqd (Debian package, defaults) ticking the same databases, the rest still running.
+//!
+//! The master is vacuumed and analyzed after the warm-up job, so that autovacuum catching
+//! up with the setup does not land in a window.
+//! Windows 1 and 3 start 30 s after a round of idle ticks (quick: 3 s), so a 60 s window
+//! holds exactly one round of the 100 idle ticks; a quick 10 s window holds none, so its WAL
+//! is the polling floor only. One window each: `--runs` does not apply here.
 
-use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::report::Row;
-use crate::rig::Ctx;
+use anyhow::{bail, Context as _, Result};
+use pgfan::cluster::Cluster;
+use pgfan::install::{self, Role};
+use tokio_postgres::Client;
 
-pub async fn run(_ctx: &Ctx) -> Result<Vec<Row>> {
-    bail!("case footprint is not written yet")
+use crate::parallel::pipeline;
+use crate::report::{Better, Row};
+use crate::rig::{self, Ctx, KillOnDrop};
+
+const CASE: &str = "footprint";
+const IDLE_QUEUES: usize = 100;
+const NODES: usize = 3;
+/// PgQ's default `ticker_idle_period`: an idle queue ticks once a minute.
+const IDLE_PERIOD: Duration = Duration::from_secs(60);
+const RSS_GOAL_MB: f64 = 20.0;
+const CPU_GOAL_PCT: f64 = 1.0;
+const PGQD_APP: &str = "pgqd";
+
+/// The release binary cargo builds for the suite (benches get every binary target built).
+fn pgfan_exe() -> Result<PathBuf> {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pgfan"));
+    if !exe.is_file() {
+        bail!(
+            "{} is missing; run the case through cargo bench",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// A daemon running as a child process; killed if dropped without [`Proc::stop`].
+struct Proc {
+    name: String,
+    child: KillOnDrop,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `pgfan <role> -c <config>`, logging to `<dir>/<name>.log`.
+    fn spawn(exe: &Path, dir: &Path, name: &str, role: &str, config: &str) -> Result<Proc> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .args([role, "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {} {role}", exe.display()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: KillOnDrop(child),
+            log,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    /// Fails (with the end of its log) if the process has exited.
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.0.try_wait()? {
+            bail!("{} exited ({status}): {}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// SIGTERM (pgfan's drain) and waits up to 30 s for the exit.
+    async fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid; it is not reaped before this returns.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// A process's CPU time (utime + stime, clock ticks) from /proc/<pid>/stat.
+fn cpu_ticks(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' start at 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> { Ok(f.get(n - 3).context("short stat")?.parse()?) };
+    Ok(field(14)? + field(15)?)
+}
+
+/// VmRSS and VmHWM of a process in kB, from /proc/<pid>/status.
+fn memory_kb(pid: i32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |key: &str| -> Result<f64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    Ok((get("VmRSS:")?, get("VmHWM:")?))
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time of processes in ticks, for the pids that exist (server sessions may come and go).
+fn ticks_of(pids: &[i32]) -> HashMap<i32, u64> {
+    pids.iter()
+        .filter_map(|&p| cpu_ticks(p).ok().map(|t| (p, t)))
+        .collect()
+}
+
+/// What one idle window measured.
+struct Window {
+    /// Per daemon process: CPU % of one core, VmRSS MB, VmHWM MB.
+    procs: HashMap<String, (f64, f64, f64)>,
+    /// Per `application_name` on the master: CPU % of one core of its server sessions.
+    sessions: HashMap<String, f64>,
+    wal_per_min: f64,
+    /// The window's WAL, start and end LSN, for a breakdown once the WAL has been flushed.
+    lsn: (String, String),
+    idle_ticks: i64,
+    other_ticks: i64,
+    secs: f64,
+}
+
+/// Ticks made so far on the 100 idle queues and on the others (sums of last tick ids).
+async fn tick_counts(master: &Client) -> Result<(i64, i64)> {
+    let r = master
+        .query_one(
+            "select coalesce(sum(last_tick_id) filter (where queue_name like 'idle\\_%'), 0)::int8,
+                    coalesce(sum(last_tick_id) filter (where queue_name not like 'idle\\_%'), 0)::int8
+               from pgq.get_queue_info()",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Server session pids on the master per application name.
+async fn sessions(master: &Client, apps: &[String]) -> Result<Vec<(String, i32)>> {
+    Ok(master
+        .query(
+            "select application_name, pid from pg_stat_activity where application_name = any($1)",
+            &[&apps],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn wal_lsn(master: &Client) -> Result<String> {
+    Ok(master
+        .query_one("select pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// Measures an idle window of `len`: the processes' CPU and memory, their master sessions'
+/// CPU, the master's WAL and the ticks made.
+async fn window(
+    master: &Client,
+    procs: &mut [Proc],
+    apps: &[String],
+    len: Duration,
+) -> Result<Window> {
+    let hz = clock_ticks_per_sec();
+    let sess = sessions(master, apps).await?;
+    let sess_pids: Vec<i32> = sess.iter().map(|(_, p)| *p).collect();
+    let (idle0, other0) = tick_counts(master).await?;
+    let lsn0 = wal_lsn(master).await?;
+    let t0 = Instant::now();
+    let proc0: Vec<u64> = procs
+        .iter()
+        .map(|p| cpu_ticks(p.pid()))
+        .collect::<Result<_>>()?;
+    let sess0 = ticks_of(&sess_pids);
+    tokio::time::sleep(len).await;
+    let proc1: Vec<u64> = procs
+        .iter()
+        .map(|p| cpu_ticks(p.pid()))
+        .collect::<Result<_>>()?;
+    let sess1 = ticks_of(&sess_pids);
+    let secs = t0.elapsed().as_secs_f64();
+    let lsn1 = wal_lsn(master).await?;
+    let (idle1, other1) = tick_counts(master).await?;
+    let wal: f64 = master
+        .query_one(
+            "select pg_wal_lsn_diff($2::text::pg_lsn, $1::text::pg_lsn)::float8",
+            &[&lsn0, &lsn1],
+        )
+        .await?
+        .get(0);
+    let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
+    let mut out = HashMap::new();
+    for (i, p) in procs.iter_mut().enumerate() {
+        p.alive()?;
+        let (rss, hwm) = memory_kb(p.pid())?;
+        out.insert(
+            p.name.clone(),
+            (pct(proc1[i] - proc0[i]), rss / 1024.0, hwm / 1024.0),
+        );
+    }
+    let mut by_app: HashMap<String, f64> = HashMap::new();
+    for (app, pid) in &sess {
+        if let (Some(a), Some(b)) = (sess0.get(pid), sess1.get(pid)) {
+            *by_app.entry(app.clone()).or_default() += pct(b - a);
+        }
+    }
+    Ok(Window {
+        procs: out,
+        sessions: by_app,
+        wal_per_min: wal / secs * 60.0,
+        lsn: (lsn0, lsn1),
+        idle_ticks: idle1 - idle0,
+        other_ticks: other1 - other0,
+        secs,
+    })
+}
+
+/// The window's WAL per minute by record type (pg_walinspect), the largest six.
+async fn wal_breakdown(master: &Client, w: &Window) -> String {
+    let rows = master
+        .query(
+            "select \"resource_manager/record_type\", combined_size::float8
+               from pg_get_wal_stats($1::text::pg_lsn, $2::text::pg_lsn, true)
+              where count > 0 order by combined_size desc limit 6",
+            &[&w.lsn.0, &w.lsn.1],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let (rm, size): (String, f64) = (r.get(0), r.get(1));
+                format!("{rm} {:.0}", size / w.secs * 60.0)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("no breakdown ({})", pgfan::db::describe(&e)),
+    }
+}
+
+fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Waits until every idle queue has ticked at or after `since` (epoch seconds), then until
+/// `offset` after the latest of those ticks: the window that follows holds the next round
+/// only if it is longer than `IDLE_PERIOD - offset`.
+async fn align_to_round(master: &Client, since: f64, offset: Duration) -> Result<()> {
+    let limit = Instant::now() + IDLE_PERIOD + Duration::from_secs(30);
+    let round = loop {
+        let r = master
+            .query_one(
+                "select count(*) filter (where last >= to_timestamp($1)), max(last)
+                   from (select max(t.tick_time) as last
+                           from pgq.queue q join pgq.tick t on t.tick_queue = q.queue_id
+                          where q.queue_name like 'idle\\_%'
+                          group by q.queue_id) x",
+                &[&since],
+            )
+            .await?;
+        let (n, last): (i64, Option<SystemTime>) = (r.get(0), r.get(1));
+        if n == IDLE_QUEUES as i64 {
+            break last.context("no idle ticks")?;
+        }
+        if Instant::now() > limit {
+            bail!("{n} of {IDLE_QUEUES} idle queues ticked since the ticker started");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let start = round + offset;
+    if let Ok(wait) = start.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
+/// The master and the node cluster with pgfan installed, the pipeline's nodes registered
+/// and the idle queues made.
+async fn install(master: &Cluster, nodes: &Cluster) -> Result<Client> {
+    let mut m = rig::connect(&master.conninfo("postgres")).await?;
+    install::install(&mut m, Role::Master).await?;
+    for i in 1..=NODES {
+        let db = format!("n{i}");
+        rig::create_db(nodes, &db).await?;
+        pipeline::install_node(nodes, &db).await?;
+        m.query_one("select pgfan.node_add($1)", &[&db]).await?;
+    }
+    // For the WAL breakdown in the notes; the daemons do not use it.
+    m.batch_execute("create extension pg_walinspect").await?;
+    let parts = (4 * NODES).next_power_of_two() as i32;
+    m.query_one("select pgfan.set_partitions($1)", &[&parts])
+        .await?;
+    m.batch_execute(&format!(
+        "select pgq.create_queue('idle_' || lpad(g::text, 3, '0'))
+           from generate_series(1, {IDLE_QUEUES}) g;
+         update pgq.tick set tick_time = tick_time - interval '2 min'
+          where tick_queue in (select queue_id from pgq.queue where queue_name like 'idle\\_%');"
+    ))
+    .await
+    .context("create the idle queues")?;
+    Ok(m)
+}
+
+/// The daemons' configuration files: pgfan's defaults, every session tagged with an
+/// `application_name` of its daemon.
+fn configs(master: &Cluster, nodes: &Cluster) -> Vec<(String, &'static str, String)> {
+    let m = master.conninfo("postgres");
+    let mut v = vec![
+        (
+            "ticker".to_string(),
+            "ticker",
+            format!(
+                "[ticker]\nbase_connstr = \"host=127.0.0.1 port={} user=postgres application_name=ticker\"\ndatabase_list = [\"postgres\"]\n",
+                master.port()
+            ),
+        ),
+        (
+            "relay".into(),
+            "relay",
+            format!("[relay]\nmaster = \"{m} application_name=relay\"\n"),
+        ),
+        (
+            "reducer".into(),
+            "reducer",
+            format!("[reducer]\nmaster = \"{m} application_name=reducer\"\n"),
+        ),
+    ];
+    for i in 1..=NODES {
+        let name = format!("node_n{i}");
+        v.push((
+            name.clone(),
+            "node",
+            format!(
+                "[node]\nname = \"n{i}\"\nmaster = \"{m} application_name={name}\"\ndb = \"{} application_name={name}\"\n",
+                nodes.conninfo(&format!("n{i}"))
+            ),
+        ));
+    }
+    v
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let exe = pgfan_exe()?;
+    let (master, nodes) = tokio::try_join!(rig::cluster(), rig::cluster())?;
+    let outcome = measure(ctx, &exe, &master, &nodes).await;
+    drop((master, nodes));
+    outcome
+}
+
+async fn measure(ctx: &Ctx, exe: &Path, master: &Cluster, nodes: &Cluster) -> Result<Vec<Row>> {
+    let len = Duration::from_secs(ctx.size(60, 10) as u64);
+    let offset = if ctx.quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(30)
+    };
+    let m = install(master, nodes).await?;
+    let dir = master.dir().join("footprint");
+    std::fs::create_dir_all(&dir)?;
+    let started = epoch_now();
+    let mut procs = Vec::new();
+    let mut apps = Vec::new();
+    for (name, role, cfg) in configs(master, nodes) {
+        procs.push(Proc::spawn(exe, &dir, &name, role, &cfg)?);
+        apps.push(name);
+    }
+    let outcome = async {
+        // One job through the whole pipeline before anything is measured.
+        let job: i64 = m
+            .query_one("select pgfan.run_on_all('select 1')", &[])
+            .await?
+            .get(0);
+        let state: String = m
+            .query_one("select pgfan.wait($1, '60 s')", &[&job])
+            .await?
+            .get(0);
+        if state != "done" {
+            bail!("warm-up job {job} is {state}");
+        }
+        // The setup's churn (105 queues, the job) vacuumed and analyzed now, so that
+        // autovacuum catching up does not write its WAL into a window.
+        m.batch_execute("vacuum analyze").await?;
+        align_to_round(&m, started, offset).await?;
+        let a = window(&m, &mut procs, &apps, len).await?;
+        let ticker = procs.remove(0);
+        ticker.stop().await?;
+        let b = window(&m, &mut procs, &apps, len).await?;
+        let pgqd_started = epoch_now();
+        let pgqd = rig::start_pgqd_conn(
+            master,
+            &["postgres"],
+            &format!("application_name={PGQD_APP}"),
+            "",
+        )?;
+        let mut pgqd = vec![Proc {
+            name: PGQD_APP.into(),
+            child: pgqd,
+            log: master.dir().join("pgqd.log"),
+        }];
+        align_to_round(&m, pgqd_started, offset).await?;
+        let c = window(&m, &mut pgqd, &[PGQD_APP.to_string()], len).await?;
+        for p in pgqd.into_iter().chain(procs.drain(..)) {
+            p.stop().await?;
+        }
+        Ok::<_, anyhow::Error>((a, b, c))
+    }
+    .await;
+    let (a, b, c) = match outcome {
+        Ok(w) => w,
+        Err(e) => {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.log_tail()))
+                .collect();
+            return Err(e.context(logs.join("\n")));
+        }
+    };
+    let wal = [
+        wal_breakdown(&m, &a).await,
+        wal_breakdown(&m, &b).await,
+        wal_breakdown(&m, &c).await,
+    ];
+    notes(ctx, &a, &b, &c, &wal);
+    Ok(rows(&a, &b, &c))
+}
+
+fn notes(ctx: &Ctx, a: &Window, b: &Window, c: &Window, wal: &[String; 3]) {
+    ctx.note(
+        CASE,
+        format!(
+            "daemons as processes of the release binary ({}), pgfan defaults, logs at info; \
+             {IDLE_QUEUES} idle queues (first tick backdated) + the pipeline's queues, master \
+             vacuumed and analyzed before the windows; 3 node \
+             databases on one cluster; pgqd {} with defaults; windows {:.1} s / {:.1} s / \
+             {:.1} s (pgfan / no ticker / pgqd), one each; MB = MiB of VmRSS",
+            env!("CARGO_BIN_EXE_pgfan"),
+            pgqd_version(),
+            a.secs,
+            b.secs,
+            c.secs
+        ),
+    );
+    let sessions = |w: &Window| {
+        let mut v: Vec<String> = w
+            .sessions
+            .iter()
+            .map(|(k, x)| format!("{k} {x:.2}%"))
+            .collect();
+        v.sort();
+        v.join(", ")
+    };
+    ctx.note(
+        CASE,
+        format!(
+            "master WAL per minute: pgfan's ticker + the rest {:.0} B, no ticker {:.0} B, pgqd + \
+             the rest {:.0} B; ticks in the windows (idle queues / pipeline queues): pgfan {}/{}, \
+             none {}/{}, pgqd {}/{}; master session CPU: pgfan window {}; pgqd window {}",
+            a.wal_per_min,
+            b.wal_per_min,
+            c.wal_per_min,
+            a.idle_ticks,
+            a.other_ticks,
+            b.idle_ticks,
+            b.other_ticks,
+            c.idle_ticks,
+            c.other_ticks,
+            sessions(a),
+            sessions(c)
+        ),
+    );
+    ctx.note(
+        CASE,
+        format!(
+            "master WAL bytes per minute by record type: pgfan window {}; no-ticker \
+             window {}; pgqd window {}",
+            wal[0], wal[1], wal[2]
+        ),
+    );
+    let mut hwm: Vec<String> = a
+        .procs
+        .iter()
+        .map(|(k, v)| format!("{k} {:.1}", v.2))
+        .collect();
+    hwm.sort();
+    ctx.note(
+        CASE,
+        format!(
+            "peak RSS (VmHWM) MB: {}, pgqd {:.1}",
+            hwm.join(", "),
+            c.procs.get(PGQD_APP).map_or(f64::NAN, |v| v.2)
+        ),
+    );
+}
+
+fn pgqd_version() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "pgqd"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn rows(a: &Window, b: &Window, c: &Window) -> Vec<Row> {
+    let pgqd = c
+        .procs
+        .get(PGQD_APP)
+        .copied()
+        .unwrap_or((f64::NAN, 0.0, 0.0));
+    let base = "pgqd, same 100 queues";
+    let mut rows = Vec::new();
+    let mut names: Vec<&String> = a.procs.keys().collect();
+    names.sort_by_key(|n| {
+        (
+            ["ticker", "relay", "reducer"]
+                .iter()
+                .position(|x| x == n)
+                .unwrap_or(3),
+            n.to_string(),
+        )
+    });
+    for name in &names {
+        let (_, rss, _) = a.procs[*name];
+        let metric = format!("{name} RSS, idle");
+        let row = if *name == "ticker" {
+            Row::versus(
+                CASE,
+                metric,
+                "MB",
+                Better::Lower,
+                vec![rss],
+                base,
+                &[pgqd.1],
+            )
+        } else {
+            Row::single(CASE, metric, "MB", Better::Lower, vec![rss])
+        };
+        rows.push(row.goal(format!("<= {RSS_GOAL_MB} MB"), rss <= RSS_GOAL_MB));
+    }
+    for name in &names {
+        let (cpu, _, _) = a.procs[*name];
+        let metric = format!("{name} CPU, idle");
+        let row = if *name == "ticker" {
+            Row::versus(
+                CASE,
+                metric,
+                "% core",
+                Better::Lower,
+                vec![cpu],
+                base,
+                &[pgqd.0],
+            )
+        } else {
+            Row::single(CASE, metric, "% core", Better::Lower, vec![cpu])
+        };
+        rows.push(row.goal(format!("<= {CPU_GOAL_PCT} %"), cpu <= CPU_GOAL_PCT));
+    }
+    rows.push(Row::versus(
+        CASE,
+        "ticker's master sessions CPU, idle",
+        "% core",
+        Better::Lower,
+        vec![a.sessions.get("ticker").copied().unwrap_or(f64::NAN)],
+        "pgqd's sessions",
+        &[c.sessions.get(PGQD_APP).copied().unwrap_or(f64::NAN)],
+    ));
+    rows.push(Row::versus(
+        CASE,
+        "ticker's WAL per idle minute (window - no-ticker window)",
+        "B/min",
+        Better::Lower,
+        vec![a.wal_per_min - b.wal_per_min],
+        "pgqd's (same difference)",
+        &[c.wal_per_min - b.wal_per_min],
+    ));
+    rows
 }

@@ -133,11 +133,22 @@ impl Drop for KillOnDrop {
 
 /// Starts pgqd for `dbs` on `cluster` with `extra` ini lines (e.g. "ticker_period = 1").
 pub fn start_pgqd(cluster: &Cluster, dbs: &[&str], extra: &str) -> Result<KillOnDrop> {
+    start_pgqd_conn(cluster, dbs, "", extra)
+}
+
+/// Like [`start_pgqd`], with `conn_extra` appended to pgqd's `base_connstr` (e.g.
+/// "application_name=pgqd", so that its server sessions can be told apart).
+pub fn start_pgqd_conn(
+    cluster: &Cluster,
+    dbs: &[&str],
+    conn_extra: &str,
+    extra: &str,
+) -> Result<KillOnDrop> {
     let ini = cluster.dir().join(format!("pgqd-{}.ini", dbs.join("-")));
     std::fs::write(
         &ini,
         format!(
-            "[pgqd]\nbase_connstr = host=127.0.0.1 port={} user=postgres\ndatabase_list = {}\nlogfile = {}\nsyslog = 0\n{extra}\n",
+            "[pgqd]\nbase_connstr = host=127.0.0.1 port={} user=postgres {conn_extra}\ndatabase_list = {}\nlogfile = {}\nsyslog = 0\n{extra}\n",
             cluster.port(),
             dbs.join(","),
             cluster.dir().join("pgqd.log").display()

@@ -13,11 +13,14 @@ declare
     v_other bigint;
 begin
     perform pgfan.node_caller(i_node);
-    select t.task_id into v_other
-      from pgfan.task t
-     where t.task_id = any(i_task_ids) and t.node_name <> i_node
-     limit 1;
-    if found then
+    -- Looked up task by task through the primary key: with "= any(...) limit 1" the
+    -- planner expected an early match among the other nodes' tasks and scanned the whole
+    -- table (8 ms a call with 10k tasks in the delivery benchmark).
+    select min(t.task_id) into v_other
+      from unnest(i_task_ids) u(task_id)
+      join pgfan.task t on t.task_id = u.task_id
+     where t.node_name <> i_node;
+    if v_other is not null then
         raise exception 'pgfan: task % does not belong to node %', v_other, i_node
             using errcode = 'insufficient_privilege';
     end if;

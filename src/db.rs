@@ -80,6 +80,7 @@ pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
     let mut cfg: tokio_postgres::Config = rest.parse()?;
     cfg.ssl_mode(tls.mode.ssl_mode());
     crate::passfile::apply(&mut cfg);
+    default_keepalives(conninfo, &mut cfg);
     let connector = match crate::tls::connector(&tls) {
         Ok(c) => c,
         Err(err) => return Err(tls_error(err).await),
@@ -87,6 +88,21 @@ pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
     let (client, connection) = cfg.connect(connector).await?;
     let messages = forward_messages(connection);
     Ok(Session { client, messages })
+}
+
+/// TCP keepalive timing where the connection string sets none: a peer behind a cut link
+/// is noticed after about a minute instead of Linux's two hours (the session's statements
+/// hang until then, and a daemon cannot reconnect).
+fn default_keepalives(conninfo: &str, cfg: &mut tokio_postgres::Config) {
+    if !conninfo.contains("keepalives_idle") {
+        cfg.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if !conninfo.contains("keepalives_interval") {
+        cfg.keepalives_interval(std::time::Duration::from_secs(10));
+    }
+    if !conninfo.contains("keepalives_retries") {
+        cfg.keepalives_retries(3);
+    }
 }
 
 /// Cancels the statement running on the session `token` belongs to, over TLS as the

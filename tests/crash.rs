@@ -565,7 +565,9 @@ async fn a_cancel_racing_a_result_of_its_job_does_not_deadlock() {
     let watcher = connect(&cluster).await;
     while !watcher
         .query_one(
-            "select wait_event_type = 'Lock' from pg_stat_activity where pid = $1",
+            // NULL while the backend waits for nothing (or has not started the call yet).
+            "select coalesce(bool_or(wait_event_type = 'Lock'), false)
+               from pg_stat_activity where pid = $1",
             &[&pid],
         )
         .await

@@ -10,6 +10,7 @@
 //!   LISTENs on the master (pgfan's reducer sends `pgfan_job`; the baseline's job table
 //!   trigger sends `job_done` when the python reducer marks the job done), minus the same
 //!   send time.
+//!
 //! The first [`WARMUP`] events only warm connections and plans and are not counted. One run.
 //! For pgfan the case also prints where the time goes: the median of each pipeline
 //! timestamp relative to the send time.

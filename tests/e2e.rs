@@ -2,6 +2,8 @@
 //! reducer and node daemons running (pgfan::demo::Topology), driven through the SQL API
 //! and the raw pgq.insert_event form.
 
+mod common;
+
 use std::time::Duration;
 
 use pgfan::demo::Topology;
@@ -81,19 +83,6 @@ async fn submit(master: &Client, sql: &str) -> i64 {
     master.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-/// The job made from a raw push event, once the relay made it.
-async fn raw_job(master: &Client, kind: &str, data: &str, target: &str) -> i64 {
-    let ev: i64 = master
-        .query_one(
-            "select pgq.insert_event('push_queue', $1, $2, $3, null, null, null)",
-            &[&kind, &data, &target],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    raw_job_of_event(master, ev).await
-}
-
 async fn node_count(topo: &Topology, i: usize, sql: &str) -> i64 {
     let c = pgfan::db::connect_client(&topo.nodes[i].conninfo())
         .await
@@ -112,7 +101,7 @@ async fn every_target_and_kind_end_to_end() {
     )
     .await;
     let data = pgfan::urlenc::encode([("sql", sql), ("reduce", "sum")]);
-    let raw = raw_job(&m, "sql", &data, "all").await;
+    let raw = common::raw_job(&m, "sql", &data, "all").await;
     let a = result(&m, submitted).await;
     assert_eq!(a, [json!({"n": 2, "l": 16})]);
     assert_eq!(result(&m, raw).await, a, "raw form = submit form");
@@ -127,7 +116,7 @@ async fn every_target_and_kind_end_to_end() {
     assert_eq!(result(&m, list).await, [json!({"count": 2})]);
     let any = submit(&m, "select pgfan.submit('any', 'select 1 as x')").await;
     assert_eq!(result(&m, any).await, [json!({"x": 1})]);
-    let hash = raw_job(&m, "copy", "action=ins&id=42&name=h", "hash:customer-42").await;
+    let hash = common::raw_job(&m, "copy", "action=ins&id=42&name=h", "hash:customer-42").await;
     assert_eq!(wait(&m, hash).await, "done");
     let owner: String = m
         .query_one(
@@ -158,7 +147,7 @@ async fn every_target_and_kind_end_to_end() {
         "action=upd&id=42&name=changed&lane=l",
         "action=del&id=42&lane=l",
     ] {
-        let job = raw_job(&m, "copy", data, &owner).await;
+        let job = common::raw_job(&m, "copy", data, &owner).await;
         assert_eq!(
             wait(&m, job).await,
             "done",
@@ -191,7 +180,7 @@ async fn node_side_errors_fail_their_job_and_others_complete() {
     for (sql, _) in cases {
         jobs.push(submit(&m, sql).await);
     }
-    let bad_copy = raw_job(&m, "copy", "action=ins&id=1&no_such_column=x", "n2").await;
+    let bad_copy = common::raw_job(&m, "copy", "action=ins&id=1&no_such_column=x", "n2").await;
     let good = submit(
         &m,
         "select pgfan.submit('all', 'select 1 as one', reduce => 'sum')",
@@ -250,7 +239,7 @@ async fn tasks_wait_for_a_stopped_node_and_complete_when_it_returns() {
     let (mut topo, m) = topology().await;
     topo.stop_node(1).await.unwrap();
     let job = submit(&m, "select pgfan.run_on_all('select 1 as one', 'sum')").await;
-    let ins = raw_job(&m, "copy", "action=ins&id=5&name=later", "n2").await;
+    let ins = common::raw_job(&m, "copy", "action=ins&id=5&name=later", "n2").await;
     // n1 answers while n2's task waits in its queue.
     let mut status = Vec::new();
     for _ in 0..3000 {
@@ -327,7 +316,7 @@ async fn killed_node_daemons_apply_each_task_exactly_once() {
     }
     for job in jobs {
         let job = if job < 0 {
-            raw_job_of_event(&m, -job).await
+            common::job_of_event(&m, -job).await
         } else {
             job
         };
@@ -355,23 +344,6 @@ async fn killed_node_daemons_apply_each_task_exactly_once() {
     }
     assert!(kills > 0);
     topo.shutdown().await.unwrap();
-}
-
-async fn raw_job_of_event(m: &Client, ev: i64) -> i64 {
-    for _ in 0..3000 {
-        if let Some(r) = m
-            .query_opt(
-                "select job_id from pgfan.job where source_ev_id = $1",
-                &[&ev],
-            )
-            .await
-            .unwrap()
-        {
-            return r.get(0);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no job for event {ev}");
 }
 
 #[tokio::test]

@@ -565,61 +565,6 @@ async fn victim_intact(c: &Client, where_: &str) {
     assert_eq!(n, 1, "victim on {where_} was changed");
 }
 
-async fn wait_job(m: &Client, job: i64) -> (String, String) {
-    let state: String = m
-        .query_one("select pgfan.wait($1, '60 s')", &[&job])
-        .await
-        .unwrap()
-        .get(0);
-    let error: String = m
-        .query_one(
-            "select coalesce(error, '') from pgfan.job where job_id = $1",
-            &[&job],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    (state, error)
-}
-
-async fn raw(m: &Client, kind: &str, data: &str, target: &str) -> i64 {
-    let ev: i64 = m
-        .query_one(
-            "select pgq.insert_event('push_queue', $1, $2, $3, null, null, null)",
-            &[&kind, &data, &target],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    // The relay makes the job when it routes the event; nothing announces that. A minute,
-    // as in tests/e2e.rs: this binary starts several clusters at once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = m
-            .query_opt(
-                "select job_id from pgfan.job where source_queue = 'push_queue' and source_ev_id = $1",
-                &[&ev],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = row {
-            return r.get(0);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let jobs: Option<String> = m
-                .query_one(
-                    "select string_agg(format('%s %s %s %s', job_id, source_queue, source_ev_id, error), E'\\n') from pgfan.job",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            panic!("no job for event {ev}; jobs:\n{}", jobs.unwrap_or_default());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn injection_payloads_in_every_field_execute_nothing() {
     let topo = Topology::start(2, |cfg| {
@@ -658,8 +603,8 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .expect_err("no such node");
         assert!(common::db_message(&err).contains("unknown node"), "{err:?}");
-        let job = raw(&m, "sql", "sql=select+1", p).await;
-        let (state, error) = wait_job(&m, job).await;
+        let job = common::raw_job(&m, "sql", "sql=select+1", p).await;
+        let (state, error) = common::wait_job(&m, job).await;
         assert_eq!(state, "failed", "target {p:?}");
         assert!(error.contains("unknown node"), "{error}");
 
@@ -673,7 +618,7 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(wait_job(&m, job).await.0, "done", "lane {p:?}");
+        assert_eq!(common::wait_job(&m, job).await.0, "done", "lane {p:?}");
         let job: i64 = m
             .query_one(
                 "select pgfan.submit('n1', 'select 1 as one', reduce => 'sum' || $1)",
@@ -682,7 +627,7 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(wait_job(&m, job).await.0, "failed", "reduce {p:?}");
+        assert_eq!(common::wait_job(&m, job).await.0, "failed", "reduce {p:?}");
 
         // A result column named like the payload, reduced by a shorthand: quoted, so it
         // only names the column.
@@ -692,7 +637,7 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .unwrap()
             .get(0);
-        let (state, error) = wait_job(&m, job).await;
+        let (state, error) = common::wait_job(&m, job).await;
         assert_eq!(
             (state.as_str(), error.as_str()),
             ("done", ""),
@@ -713,8 +658,8 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             ("name", p),
             ("note", "\\ \" ' $$ %00"),
         ]);
-        let job = raw(&m, "copy", &data, "n1").await;
-        let (state, error) = wait_job(&m, job).await;
+        let job = common::raw_job(&m, "copy", &data, "n1").await;
+        let (state, error) = common::wait_job(&m, job).await;
         assert_eq!(
             (state.as_str(), error.as_str()),
             ("done", ""),
@@ -727,11 +672,13 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .unwrap();
         assert_eq!(stored, (p.to_string(), "\\ \" ' $$ %00".to_string()));
         let data = pgfan::urlenc::encode([("action", "ins"), ("table", p), ("id", "t")]);
-        let (state, error) = wait_job(&m, raw(&m, "copy", &data, "n1").await).await;
+        let (state, error) =
+            common::wait_job(&m, common::raw_job(&m, "copy", &data, "n1").await).await;
         assert_eq!(state, "failed", "copy table {p:?}");
         assert!(error.contains("is not in node n1's copy_tables"), "{error}");
         let data = pgfan::urlenc::encode([("action", "ins"), ("id", "c"), (p, "x")]);
-        let (state, error) = wait_job(&m, raw(&m, "copy", &data, "n1").await).await;
+        let (state, error) =
+            common::wait_job(&m, common::raw_job(&m, "copy", &data, "n1").await).await;
         assert_eq!(state, "failed", "copy column {p:?}");
         assert!(error.contains("does not exist"), "{error}");
 
@@ -741,7 +688,7 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .unwrap()
             .get(0);
-        let (state, error) = wait_job(&m, job).await;
+        let (state, error) = common::wait_job(&m, job).await;
         assert_eq!(state, "failed", "call {p:?}");
         assert!(error.contains("allow-list"), "{error}");
         let job: i64 = m
@@ -752,7 +699,7 @@ async fn injection_payloads_in_every_field_execute_nothing() {
             .await
             .unwrap()
             .get(0);
-        let (state, error) = wait_job(&m, job).await;
+        let (state, error) = common::wait_job(&m, job).await;
         assert_eq!(
             (state.as_str(), error.as_str()),
             ("done", ""),
@@ -768,20 +715,21 @@ async fn injection_payloads_in_every_field_execute_nothing() {
         // Job options in the raw form: refused with an error, never run.
         for key in ["policy", "timeout", "parallel", "tx"] {
             let data = pgfan::urlenc::encode([("sql", "select 1"), (key, p)]);
-            let (state, _) = wait_job(&m, raw(&m, "sql", &data, "n1").await).await;
+            let (state, _) =
+                common::wait_job(&m, common::raw_job(&m, "sql", &data, "n1").await).await;
             assert_eq!(state, "failed", "option {key}={p:?}");
         }
         let data = pgfan::urlenc::encode([("sql", "select 1 as one"), ("lane", p)]);
-        let (state, _) = wait_job(&m, raw(&m, "sql", &data, "n1").await).await;
+        let (state, _) = common::wait_job(&m, common::raw_job(&m, "sql", &data, "n1").await).await;
         assert_eq!(state, "done", "lane {p:?} in the raw form");
     }
 
     // NUL cannot be stored in PostgreSQL text: the task fails cleanly, nothing else.
     let data = "action=ins&id=nul&name=a%00b";
-    let (state, error) = wait_job(&m, raw(&m, "copy", data, "n1").await).await;
+    let (state, error) = common::wait_job(&m, common::raw_job(&m, "copy", data, "n1").await).await;
     assert_eq!(state, "failed", "{error}");
     let data = "sql=select+%27a%00b%27";
-    let (state, _) = wait_job(&m, raw(&m, "sql", data, "n1").await).await;
+    let (state, _) = common::wait_job(&m, common::raw_job(&m, "sql", data, "n1").await).await;
     assert_eq!(state, "failed");
 
     victim_intact(&m, "the master").await;
@@ -794,7 +742,11 @@ async fn injection_payloads_in_every_field_execute_nothing() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(wait_job(&m, job).await.0, "done", "the pipeline goes on");
+    assert_eq!(
+        common::wait_job(&m, job).await.0,
+        "done",
+        "the pipeline goes on"
+    );
     topo.shutdown().await.unwrap();
 }
 

@@ -464,3 +464,65 @@ pub fn start_ticker(
     });
     (tx, handle)
 }
+
+/// Waits (up to a minute) for job `job` to end; its state and error ('' when none).
+pub async fn wait_job(m: &Client, job: i64) -> (String, String) {
+    // Two statements: one statement's snapshot would predate the end the wait saw.
+    let state: String = m
+        .query_one("select pgfan.wait($1, '60 s')", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    let error: String = m
+        .query_one(
+            "select coalesce(error, '') from pgfan.job where job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (state, error)
+}
+
+/// Queues a raw push event and returns the job the relay made of it. Nothing announces
+/// that the relay routed an event, so the job row is looked for, up to a minute.
+pub async fn raw_job(m: &Client, kind: &str, data: &str, target: &str) -> i64 {
+    let ev: i64 = m
+        .query_one(
+            "select pgq.insert_event('push_queue', $1, $2, $3, null, null, null)",
+            &[&kind, &data, &target],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    job_of_event(m, ev).await
+}
+
+/// The job the relay made of push event `ev` (up to a minute).
+pub async fn job_of_event(m: &Client, ev: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row = m
+            .query_opt(
+                "select job_id from pgfan.job where source_queue = 'push_queue' and source_ev_id = $1",
+                &[&ev],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            return r.get(0);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let jobs: Option<String> = m
+                .query_one(
+                    "select string_agg(format('%s %s %s %s', job_id, source_queue, source_ev_id, error), E'\\n') from pgfan.job",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            panic!("no job for event {ev}; jobs:\n{}", jobs.unwrap_or_default());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -72,8 +72,16 @@ async fn master_with_two_nodes_on(backend: Backend) -> (TestDb, String, String) 
     (master, n1, n2)
 }
 
-/// A task of `node` on the master (what the relay would make), with its pull event.
+/// A task of `node` on the master (what the relay would make), with its pull event ticked.
 async fn task_for(m: &Client, node: &str) -> i64 {
+    let task = queued_task_for(m, node).await;
+    common::tick(m, &format!("pgfan_node_{node}")).await;
+    task
+}
+
+/// A task of `node` with its pull event inserted but not ticked: for tests where a ticker
+/// daemon runs, since a tick of our own would race it.
+async fn queued_task_for(m: &Client, node: &str) -> i64 {
     let job: i64 = m
         .query_one(
             "insert into pgfan.job (kind, target, state) values ('sql', $1, 'running') returning job_id",
@@ -97,7 +105,6 @@ async fn task_for(m: &Client, node: &str) -> i64 {
     )
     .await
     .unwrap();
-    common::tick(m, &format!("pgfan_node_{node}")).await;
     task
 }
 
@@ -235,7 +242,8 @@ async fn the_node_daemon_runs_on_its_node_login_alone() {
 
     let (stop, rx) = mpsc::unbounded_channel();
     let daemon = tokio::spawn(pgfan::node::run(None, cfg("n1"), rx));
-    let task = task_for(&m, "n1").await;
+    // ticker_max_lag=0: the running ticker ticks the event by itself.
+    let task = queued_task_for(&m, "n1").await;
     eventually(
         &node_db,
         &format!("select exists (select 1 from pgfan_node.task where task_id = {task} and shipped_at is not null)"),

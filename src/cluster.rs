@@ -176,6 +176,14 @@ impl Cluster {
         for (k, v) in BASE_SETTINGS.iter().chain(settings) {
             conf.push_str(&format!("{k} = {v}\n"));
         }
+        // Lines appended as they are, last: for profiling (e.g. preloading
+        // pg_stat_statements) without a code change.
+        if let Ok(extra) = env::var("PGFAN_PG_SETTINGS") {
+            for line in extra.split(';').filter(|l| !l.trim().is_empty()) {
+                conf.push_str(line.trim());
+                conf.push('\n');
+            }
+        }
         let path = data.join("postgresql.conf");
         let mut existing = fs::read_to_string(&path)?;
         existing.push_str(&conf);

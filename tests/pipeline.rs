@@ -768,3 +768,68 @@ async fn producer_databases_are_routed_exactly_once(backend: Backend) {
         "the redone batch was finished on the producer"
     );
 }
+
+/// The plain concatenation of common scalar columns is built by a static statement; it must
+/// give exactly the jsonb of the general path (the same rows through a reduce of the
+/// caller's own SQL): numbers as numbers, booleans, NULLs, quotes and a repeated name.
+#[tokio::test]
+async fn the_static_concat_reduce_matches_the_general_one() {
+    let (_db, c) = master(Backend::Bundled).await;
+    let rows: Vec<Vec<serde_json::Value>> = {
+        let mut out = Vec::new();
+        for reduce in [None, Some("concat"), Some("select * from partials")] {
+            let job: i64 = c
+                .query_one(
+                    "insert into pgfan.job (kind, target, state, reduce)
+                     values ('sql', 'n1', 'running', $1) returning job_id",
+                    &[&reduce],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            c.execute(
+                "with t as (
+                     insert into pgfan.task (job_id, node_name, kind, payload, state,
+                                             result_columns, result_types)
+                     select $1, n, 'sql', 'x', 'done',
+                            array['a', 'b', 'c', 'd', 'e', 'a', 'f'],
+                            array['bigint', 'text', 'boolean', 'numeric', 'integer',
+                                  'smallint', 'character varying']
+                       from unnest(array['n1', 'n2']) n
+                     returning task_id)
+                 insert into pgfan.task_row (task_id, row_no, vals)
+                 select t.task_id, g, array[(g * 7)::text, 'x\"y''\\' || g,
+                                            case when g % 2 = 0 then 't' else 'f' end,
+                                            '1.50', null, '-3', 'v']
+                   from t, generate_series(1, 3) g",
+                &[&job],
+            )
+            .await
+            .unwrap();
+            let n: i32 = c
+                .query_one("select pgfan.reduce_job($1)", &[&job])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 6, "reduce {reduce:?}");
+            out.push(
+                c.query(
+                    "select row_data from pgfan.job_result where job_id = $1 order by row_no",
+                    &[&job],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            );
+        }
+        out
+    };
+    assert_eq!(rows[0], rows[2], "concat by default");
+    assert_eq!(rows[1], rows[2], "concat named");
+    assert_eq!(
+        rows[0][0],
+        json!({"a": -3, "b": "x\"y'\\1", "c": false, "d": 1.50, "e": null, "f": "v"})
+    );
+}

@@ -241,12 +241,21 @@ async fn pgfan_stages(topo: &Topology, wall: SystemTime) -> Result<String> {
     ))
 }
 
-async fn pgfan_run(n: i32) -> Result<(f64, f64, String)> {
+async fn pgfan_run(ctx: &Ctx, n: i32) -> Result<(f64, f64, String)> {
     let topo = start_pgfan().await?;
     let result = async {
         let ceiling = ceiling(&topo.master_conninfo(), n).await?;
         let (wall, produced, secs) = deliver(&Endpoints::pgfan(&topo), n).await?;
         let stages = pgfan_stages(&topo, wall).await?;
+        if ctx.profile {
+            for (name, conninfo) in [
+                ("master", topo.master_conninfo()),
+                ("n1", topo.nodes[0].conninfo()),
+            ] {
+                let top = rig::top_statements(&conninfo, 15).await?;
+                println!("  server time on {name}:\n{top}");
+            }
+        }
         let note = format!("{n} tasks in {secs:.2} s (produced in {produced:.2} s); {stages}");
         Ok::<_, anyhow::Error>((n as f64 / secs, ceiling, note))
     }
@@ -270,7 +279,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let n = ctx.size(100_000, 10_000) as i32;
     let (mut pgfan, mut plain, mut base) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=ctx.runs {
-        let (rate, ceiling, note) = pgfan_run(n).await.context("pgfan")?;
+        let (rate, ceiling, note) = pgfan_run(ctx, n).await.context("pgfan")?;
         ctx.note(CASE, format!("run {run} pgfan: {note}"));
         pgfan.push(rate);
         plain.push(ceiling);

@@ -190,7 +190,7 @@ pub async fn run_bulk(ctx: &Ctx) -> Result<Vec<Row>> {
     let rows = ctx.size(200_000, 20_000);
     let (bundled, _, _) = {
         // Case 1's bundled rate, measured again in this run as the reference.
-        let quick = Ctx::new(true, ctx.runs);
+        let quick = Ctx::new(true, ctx.runs, ctx.profile);
         let c = if ctx.quick { ctx } else { &quick };
         pgbench_rates(c, &dbs).await?
     };

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Options: `--runs N` (repetitions per measurement, default 3; rows show the median),
-//! `--out DIR` (default `target/bench`; results.json and results.md are written there).
+//! `--out DIR` (default `target/bench`; results.json and results.md are written there),
+//! `--profile` (clusters preload pg_stat_statements; the delivery case prints where the
+//! master's and a node's server time went).
 //! Timings are only ever reported here, never asserted in tests.
 
 mod consume;
@@ -89,6 +91,7 @@ struct Args {
     runs: usize,
     out: PathBuf,
     list: bool,
+    profile: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -98,6 +101,7 @@ fn parse_args() -> Result<Args> {
         runs: 3,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
         list: false,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -106,6 +110,7 @@ fn parse_args() -> Result<Args> {
             "--bench" => {}
             "--quick" => args.quick = true,
             "--list" => args.list = true,
+            "--profile" => args.profile = true,
             "--runs" => {
                 args.runs = it
                     .next()
@@ -197,7 +202,14 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
-    let ctx = Ctx::new(args.quick, args.runs);
+    if args.profile {
+        // Read by pgfan::cluster when it writes postgresql.conf; set before any cluster starts.
+        std::env::set_var(
+            "PGFAN_PG_SETTINGS",
+            "shared_preload_libraries = 'pg_stat_statements';pg_stat_statements.track = 'all'",
+        );
+    }
+    let ctx = Ctx::new(args.quick, args.runs, args.profile);
     let env = report::Environment {
         date: today(),
         machine: machine(),

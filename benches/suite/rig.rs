@@ -50,14 +50,17 @@ pub struct Ctx {
     pub quick: bool,
     /// Repetitions per measurement; each row reports the median.
     pub runs: usize,
+    /// Clusters preload pg_stat_statements; cases may print [`top_statements`].
+    pub profile: bool,
     notes: Mutex<Vec<String>>,
 }
 
 impl Ctx {
-    pub fn new(quick: bool, runs: usize) -> Ctx {
+    pub fn new(quick: bool, runs: usize, profile: bool) -> Ctx {
         Ctx {
             quick,
             runs,
+            profile,
             notes: Mutex::new(Vec::new()),
         }
     }
@@ -263,4 +266,36 @@ pub fn secs(d: Duration) -> f64 {
 /// Milliseconds as f64.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The statements that took the most server time in the database at `conninfo` (nested
+/// ones included, so a function and the statements inside it both appear), one per line:
+/// total ms, calls, mean ms, query. Needs a cluster started with `--profile`.
+pub async fn top_statements(conninfo: &str, n: i64) -> Result<String> {
+    let c = connect(conninfo).await?;
+    c.batch_execute("create extension if not exists pg_stat_statements")
+        .await?;
+    let rows = c
+        .query(
+            "select total_exec_time::float8, calls, mean_exec_time::float8,
+                    regexp_replace(left(query, 110), '\\s+', ' ', 'g')
+               from pg_stat_statements where dbid = (select oid from pg_database
+                                                     where datname = current_database())
+              order by total_exec_time desc limit $1",
+            &[&n],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{:>9.0} ms {:>8} calls {:>7.3} ms  {}",
+                r.get::<_, f64>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, f64>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
 }

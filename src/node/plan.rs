@@ -214,29 +214,37 @@ fn copy_table<'a>(cfg: &'a NodeConfig, table: Option<&'a str>) -> Result<&'a str
     }
 }
 
+/// The table's name, columns and key, from the catalog in one query (a copy task is often
+/// a single row, so this round trip is a good part of its cost).
 async fn load_table(c: &Client, cfg: &NodeConfig, table: &str) -> Result<Table, PlanError> {
     let row = c
         .query_opt(
-            "select c.oid, c.oid::regclass::text from pg_catalog.pg_class c
+            "select c.oid::regclass::text,
+                    array(select a.attname::text from pg_catalog.pg_attribute a
+                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                           order by a.attnum),
+                    array(select pg_catalog.quote_ident(a.attname) from pg_catalog.pg_attribute a
+                           where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                           order by a.attnum),
+                    array(select a.attname::text
+                            from pg_catalog.pg_index i
+                            cross join unnest(i.indkey::int2[]) with ordinality k(attnum, n)
+                            join pg_catalog.pg_attribute a
+                              on a.attrelid = i.indrelid and a.attnum = k.attnum
+                           where i.indrelid = c.oid and i.indisprimary
+                           order by k.n)
+               from pg_catalog.pg_class c
               where c.oid = pg_catalog.to_regclass($1) and c.relkind in ('r', 'p')",
             &[&table],
         )
         .await?
         .ok_or_else(|| refuse(format!("table {table} does not exist on node {}", cfg.name)))?;
-    let oid: u32 = row.get(0);
-    let columns = c
-        .query(
-            "select attname::text, pg_catalog.quote_ident(attname) from pg_catalog.pg_attribute
-              where attrelid = $1 and attnum > 0 and not attisdropped order by attnum",
-            &[&oid],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect::<Vec<(String, String)>>();
+    let names: Vec<String> = row.get(1);
+    let quoted: Vec<String> = row.get(2);
+    let columns: Vec<(String, String)> = names.into_iter().zip(quoted).collect();
     let key = match &cfg.copy_key {
         Some(k) => vec![k.clone()],
-        None => primary_key(c, oid).await?,
+        None => row.get(3),
     };
     let key = key
         .iter()
@@ -249,25 +257,10 @@ async fn load_table(c: &Client, cfg: &NodeConfig, table: &str) -> Result<Table, 
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Table {
-        name: row.get(1),
+        name: row.get(0),
         columns,
         key,
     })
-}
-
-async fn primary_key(c: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = c
-        .query(
-            "select a.attname::text
-               from pg_catalog.pg_index i
-               cross join unnest(i.indkey::int2[]) with ordinality k(attnum, n)
-               join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-              where i.indrelid = $1 and i.indisprimary
-              order by k.n",
-            &[&oid],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The statement of a copy action; `given` are the quoted columns the row has.

@@ -157,24 +157,20 @@ async fn run_in_tx(
 ) -> Result<Outcome, tokio_postgres::Error> {
     let planned = prepare(client, task, cfg).await?;
     let tx = client.transaction().await?;
-    // The row lock waits for a session that still runs this task (a killed daemon's
-    // backend); the state is checked after the wait.
-    let state: Option<String> = tx
-        .query_opt(
-            "select state from pgfan_node.task where task_id = $1 for update",
+    // The update waits for the row lock of a session that still runs this task (a killed
+    // daemon's backend) and re-checks the state after the wait: one statement to take the
+    // task and count the attempt.
+    let taken = tx
+        .execute(
+            "update pgfan_node.task set started_at = now(), attempts = attempts + 1
+              where task_id = $1 and state = 'claimed'",
             &[&task.task_id],
         )
-        .await?
-        .map(|r| r.get(0));
-    if state.as_deref() != Some("claimed") {
+        .await?;
+    if taken == 0 {
         tx.commit().await?;
         return Ok(Outcome::Skipped);
     }
-    tx.execute(
-        "update pgfan_node.task set started_at = now(), attempts = attempts + 1 where task_id = $1",
-        &[&task.task_id],
-    )
-    .await?;
     if intent.get() != Intent::Run {
         tx.rollback().await?;
         return stop_unstarted(client, task, intent.get()).await;

@@ -11,6 +11,11 @@
 -- records that. The search_path is deliberately the caller's: the reduce SQL is the
 -- user's and may name the user's tables unqualified; everything of pgfan's own is
 -- schema-qualified.
+--
+-- The plain concatenation of columns of the common scalar types (integers, numeric, text,
+-- varchar, boolean) takes a static statement instead: the same casts, so the same jsonb,
+-- without parsing and planning a dynamic one per job, which was two thirds of the cost of
+-- reducing a one-task job (pg_stat_statements, 5000 single-row copy jobs).
 create or replace function pgfan.reduce_job(i_job_id bigint)
 returns integer as $$
 declare
@@ -19,6 +24,7 @@ declare
     v_types text[];
     v_shapes integer;
     v_casts text;
+    v_kinds text[];
     v_n integer;
 begin
     select reduce into v_reduce from pgfan.job where job_id = i_job_id;
@@ -31,6 +37,30 @@ begin
     delete from pgfan.job_result where job_id = i_job_id;
     if v_shapes = 0 or coalesce(cardinality(v_cols), 0) = 0 then
         return 0;
+    end if;
+    if lower(btrim(coalesce(v_reduce, 'concat'))) in ('concat', '') then
+        select array_agg(case
+                             when to_regtype(t) in ('smallint'::regtype, 'integer'::regtype,
+                                                    'bigint'::regtype, 'numeric'::regtype) then 'n'
+                             when to_regtype(t) in ('text'::regtype, 'character varying'::regtype) then 't'
+                             when to_regtype(t) = 'boolean'::regtype then 'b'
+                         end order by o)
+          into v_kinds
+          from unnest(v_types) with ordinality u(t, o);
+        if array_position(v_kinds, null) is null then
+            insert into pgfan.job_result (job_id, row_no, row_data)
+            select i_job_id, row_number() over (order by t.task_id, r.row_no),
+                   (select jsonb_object_agg(c.name, case c.kind
+                                                        when 'n' then to_jsonb(r.vals[c.o]::numeric)
+                                                        when 'b' then to_jsonb(r.vals[c.o]::boolean)
+                                                        else to_jsonb(r.vals[c.o])
+                                                    end order by c.o)
+                      from unnest(v_cols, v_kinds) with ordinality c(name, kind, o))
+              from pgfan.task_row r join pgfan.task t using (task_id)
+             where t.job_id = i_job_id and t.state = 'done';
+            get diagnostics v_n = row_count;
+            return v_n;
+        end if;
     end if;
     select string_agg(format('r.vals[%s]::%s as %I', o, format_type(to_regtype(t), null), c),
                       ', ' order by o)

@@ -4,9 +4,12 @@
 -- Such callers are trusted with everything: they own the data anyway. The checks of the
 -- producer and node functions let them through and hold everyone else to their own jobs
 -- or their own node. SECURITY DEFINER so that current_user is pgfan's owner whoever calls;
--- session_user is the login role, which SET ROLE cannot change.
+-- session_user is the login role, which SET ROLE cannot change. PL/pgSQL: every door of
+-- the node calls this, and a SQL function with a SET clause is planned at every call.
 create or replace function pgfan.caller_is_owner()
 returns boolean as $$
-    select pg_has_role(session_user, current_user, 'member');
-$$ language sql stable security definer
+begin
+    return pg_has_role(session_user, current_user, 'member');
+end;
+$$ language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp;

@@ -1,10 +1,10 @@
 //! `pgfan reducer`: records task results and finishes jobs.
 //!
-//! A consumer of `pgfan_results` on the master. Each result event is recorded with
-//! `pgfan.record_result` (the first result of a task counts; a re-shipped duplicate is
-//! ignored), and at the end of the batch every job that got a result is offered to
-//! `pgfan.complete_job`, which applies the job's policy, runs the reduce and notifies
-//! waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
+//! A consumer of `pgfan_results` on the master. The result events of a chunk are recorded
+//! with one `pgfan.record_results` (the first result of a task counts; a re-shipped
+//! duplicate is ignored), and at the end of the batch every job that got a result is
+//! offered to `pgfan.complete_jobs`, which applies each job's policy, runs the reduce and
+//! notifies waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
 //! Beside the consumer, a timer calls `pgfan.expire_jobs()` to end jobs whose deadline
 //! passed while results were still missing.
 
@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Transaction;
@@ -131,18 +130,25 @@ impl BatchHandler for Reducer {
                 None => dead_letter(tx, e).await?,
             }
         }
-        // One pipelined exchange for the chunk instead of a round trip per result.
-        let stmt = tx.prepare("select pgfan.record_result($1, $2, $3)").await?;
-        let stmt = &stmt;
-        let recorded = join_all(results.iter().map(|(task, node, result)| async move {
-            tx.query_one(stmt, &[task, node, result]).await
-        }))
-        .await;
-        for row in recorded {
-            if let Some(job) = row?.get::<_, Option<i64>>(0) {
-                metrics::counter!("pgfan_reducer_results_recorded_total").increment(1);
-                self.touched.insert(job);
-            }
+        // The whole chunk in one statement (pgfan.record_results, set-based).
+        let (mut ids, mut nodes, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (task, node, result) in results {
+            ids.push(task);
+            nodes.push(node);
+            values.push(result);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let row = tx
+            .query_one(
+                "select pgfan.record_results($1, $2, $3)",
+                &[&ids, &nodes, &values],
+            )
+            .await?;
+        for job in row.get::<_, Vec<Option<i64>>>(0).into_iter().flatten() {
+            metrics::counter!("pgfan_reducer_results_recorded_total").increment(1);
+            self.touched.insert(job);
         }
         Ok(Vec::new())
     }
@@ -152,20 +158,17 @@ impl BatchHandler for Reducer {
         tx: &'a Transaction<'_>,
         _batch: BatchRef,
     ) -> Result<(), HandlerError> {
-        let jobs = std::mem::take(&mut self.touched);
-        let stmt = tx.prepare("select pgfan.complete_job($1)").await?;
-        let stmt = &stmt;
-        let states = join_all(
-            jobs.iter()
-                .map(|job| async move { tx.query_one(stmt, &[job]).await }),
-        )
-        .await;
-        for (job, row) in jobs.iter().zip(states) {
-            if let Some(state) = row?.get::<_, Option<String>>(0) {
-                tracing::debug!(job, state, "Job finished");
-                metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => state)
-                    .increment(1);
-            }
+        let jobs: Vec<i64> = std::mem::take(&mut self.touched).into_iter().collect();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        for row in tx
+            .query("select * from pgfan.complete_jobs($1)", &[&jobs])
+            .await?
+        {
+            let (job, state): (i64, String) = (row.get(0), row.get(1));
+            tracing::debug!(job, state, "Job finished");
+            metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => state).increment(1);
         }
         Ok(())
     }

@@ -833,3 +833,250 @@ async fn the_static_concat_reduce_matches_the_general_one() {
         json!({"a": -3, "b": "x\"y'\\1", "c": false, "d": 1.50, "e": null, "f": "v"})
     );
 }
+
+/// `record_results` and `complete_jobs` (the reducer's set-based calls) must leave exactly
+/// what `record_result` and `complete_job` one by one leave: the same chunk of results is
+/// applied to two copies of the same jobs, one copy each way, and everything is compared
+/// (task states and rows, job states, errors and results, dead letters).
+#[tokio::test]
+async fn set_based_recording_matches_one_by_one() {
+    let (_db, c) = master(Backend::Bundled).await;
+    // (policy, reduce, nodes); a task state other than queued is set after.
+    let jobs: [(&str, Option<&str>, &[&str]); 6] = [
+        ("all", None, &["n1", "n2"]),
+        ("failfast", None, &["n1", "n2"]),
+        ("k:1", None, &["n1", "n2"]),
+        ("all", Some("sum"), &["n1"]),
+        ("all", None, &["n1"]),
+        ("all", Some("concat"), &["n1", "n2", "n3"]),
+    ];
+    let done = |cols: &[&str], types: &[&str], rows: serde_json::Value| json!({"state": "done", "error": null, "columns": cols, "types": types, "rows": rows});
+    // (job, task index in the job or None for an unknown task, node, result)
+    let chunk: Vec<(usize, Option<usize>, &str, serde_json::Value)> = vec![
+        (0, Some(0), "n1", done(&["c"], &["bigint"], json!([["1"]]))),
+        (
+            0,
+            Some(1),
+            "n2",
+            done(&["c"], &["bigint"], json!([["2"], [null]])),
+        ),
+        (
+            1,
+            Some(0),
+            "n1",
+            json!({"state": "failed", "error": "boom"}),
+        ),
+        (1, Some(1), "n3", done(&["c"], &["bigint"], json!([["9"]]))),
+        (
+            2,
+            Some(0),
+            "n1",
+            done(&["t", "b"], &["text", "boolean"], json!([["x", "t"]])),
+        ),
+        (2, Some(1), "n2", json!({"state": "weird"})),
+        (
+            3,
+            Some(0),
+            "n1",
+            done(&["s"], &["numeric"], json!([["5.5"]])),
+        ),
+        (
+            4,
+            Some(0),
+            "n1",
+            done(&["d"], &["date"], json!([["2026-11-30"]])),
+        ),
+        (5, Some(0), "n1", done(&["c"], &["integer"], json!([["1"]]))),
+        (
+            5,
+            Some(1),
+            "n2",
+            done(&["c", "x"], &["integer", "text"], json!([["1", "y"]])),
+        ),
+        (5, Some(2), "n3", done(&["c"], &["integer"], json!([]))),
+        (0, None, "n1", done(&[], &[], json!([]))),
+    ];
+    let mut outcome = Vec::new();
+    for set_based in [true, false] {
+        let mut task_ids: Vec<Vec<i64>> = Vec::new();
+        for (policy, reduce, nodes) in &jobs {
+            let job: i64 = c
+                .query_one(
+                    "insert into pgfan.job (kind, target, state, policy, reduce)
+                     values ('sql', 'n1', 'running', $1, $2) returning job_id",
+                    &[policy, reduce],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let mut ids = Vec::new();
+            for node in *nodes {
+                ids.push(
+                    c.query_one(
+                        "insert into pgfan.task (job_id, node_name, kind, payload, state)
+                         values ($1, $2, 'sql', 'x', 'claimed') returning task_id",
+                        &[&job, node],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0),
+                );
+            }
+            task_ids.push(ids);
+        }
+        // The fifth job's task was cancelled on the master; the node's report replaces that.
+        c.execute(
+            "update pgfan.task set state = 'cancelled' where task_id = $1",
+            &[&task_ids[4][0]],
+        )
+        .await
+        .unwrap();
+        let first_job: i64 = c
+            .query_one(
+                "select job_id from pgfan.task where task_id = $1",
+                &[&task_ids[0][0]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let ids: Vec<i64> = chunk
+            .iter()
+            .map(|(j, t, _, _)| t.map_or(i64::MAX - 1, |t| task_ids[*j][t]))
+            .collect();
+        let nodes: Vec<&str> = chunk.iter().map(|(_, _, n, _)| *n).collect();
+        let results: Vec<serde_json::Value> = chunk.iter().map(|(_, _, _, r)| r.clone()).collect();
+        let recorded: Vec<Option<i64>> = if set_based {
+            c.query_one(
+                "select pgfan.record_results($1, $2, $3)",
+                &[&ids, &nodes, &results],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        } else {
+            let mut v = Vec::new();
+            for i in 0..ids.len() {
+                v.push(
+                    c.query_one(
+                        "select pgfan.record_result($1, $2, $3)",
+                        &[&ids[i], &nodes[i], &results[i]],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0),
+                );
+            }
+            v
+        };
+        let mut touched: Vec<i64> = recorded.iter().flatten().copied().collect();
+        touched.sort();
+        touched.dedup();
+        let mut finished: Vec<(i64, String)> = if set_based {
+            c.query("select * from pgfan.complete_jobs($1)", &[&touched])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for job in &touched {
+                let state: Option<String> = c
+                    .query_one("select pgfan.complete_job($1)", &[job])
+                    .await
+                    .unwrap()
+                    .get(0);
+                v.extend(state.map(|s| (*job, s)));
+            }
+            v
+        };
+        finished.sort();
+        // Everything as seen from the jobs, with ids made relative to this copy.
+        let rel = |id: i64| id - first_job;
+        let jobs_seen: Vec<String> = c
+            .query(
+                "select format('%s %s %s %s', j.job_id - $1, j.state,
+                               regexp_replace(j.error, 'job \\d+', 'job <job>'),
+                               (select jsonb_agg(r.row_data order by r.row_no)
+                                  from pgfan.job_result r where r.job_id = j.job_id))
+                   from pgfan.job j where j.job_id >= $1 and j.job_id < $1 + 6 order by j.job_id",
+                &[&first_job],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let tasks_seen: Vec<String> = c
+            .query(
+                "select format('%s %s %s %s %s %s %s', t.job_id - $1, t.node_name, t.state, t.error,
+                               t.result_columns, t.result_types,
+                               (select array_agg(r.vals order by r.row_no)
+                                  from pgfan.task_row r where r.task_id = t.task_id))
+                   from pgfan.task t where t.job_id >= $1 and t.job_id < $1 + 6
+                  order by t.job_id, t.task_id",
+                &[&first_job],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let task_no = |id: i64| -> String {
+            task_ids
+                .iter()
+                .enumerate()
+                .find_map(|(j, ts)| ts.iter().position(|t| *t == id).map(|k| format!("{j}.{k}")))
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let mut dead: Vec<String> = c
+            .query(
+                "select source, job_id - $1, task_id, ev_target,
+                        regexp_replace(error, 'job \\d+', 'job <job>') from pgfan.dead_letter
+                  where (job_id >= $1 and job_id < $1 + 6) or task_id = any($2)",
+                &[&first_job, &ids],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let task: Option<i64> = r.get(2);
+                let error: String = r.get(4);
+                let error = task.map_or(error.clone(), |t| error.replace(&t.to_string(), "<task>"));
+                format!(
+                    "{} {:?} {} {:?} {error}",
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<i64>>(1),
+                    task.map_or("-".into(), task_no),
+                    r.get::<_, Option<String>>(3)
+                )
+            })
+            .collect();
+        dead.sort();
+        c.execute(
+            "delete from pgfan.dead_letter where task_id = any($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+        let recorded: Vec<Option<i64>> = recorded.iter().map(|j| j.map(rel)).collect();
+        let finished: Vec<(i64, String)> = finished.into_iter().map(|(j, s)| (rel(j), s)).collect();
+        outcome.push((recorded, finished, jobs_seen, tasks_seen, dead));
+    }
+    let (set, one) = (&outcome[0], &outcome[1]);
+    assert_eq!(set.0, one.0, "recorded");
+    assert_eq!(set.1, one.1, "finished");
+    assert_eq!(set.2, one.2, "jobs");
+    assert_eq!(set.3, one.3, "tasks");
+    assert_eq!(set.4, one.4, "dead letters");
+    // The chunk did reach every rule: done, failed (failfast), k:1, a reduce, a replaced
+    // cancel, a concat of mixed shapes (fails: a dead letter too), a foreign node, an invalid
+    // state, an unknown task.
+    let states: Vec<&str> = set.1.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(
+        states,
+        ["done", "failed", "done", "done", "done", "failed"],
+        "{set:?}"
+    );
+    assert_eq!(set.4.len(), 5, "{:?}", set.4);
+}

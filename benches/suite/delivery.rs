@@ -248,6 +248,10 @@ async fn pgfan_run(ctx: &Ctx, n: i32) -> Result<(f64, f64, String)> {
         let (wall, produced, secs) = deliver(&Endpoints::pgfan(&topo), n).await?;
         let stages = pgfan_stages(&topo, wall).await?;
         if ctx.profile {
+            println!(
+                "  CPU of this process (the daemons and the bench) so far: {:.1} s",
+                rig::own_cpu_secs()
+            );
             for (name, conninfo) in [
                 ("master", topo.master_conninfo()),
                 ("n1", topo.nodes[0].conninfo()),

@@ -39,7 +39,7 @@ use tokio_postgres::Client;
 
 use crate::parallel::pipeline;
 use crate::report::{Better, Row};
-use crate::rig::{self, Ctx, KillOnDrop};
+use crate::rig::{self, cpu_ticks, Ctx, KillOnDrop};
 
 const CASE: &str = "footprint";
 const IDLE_QUEUES: usize = 100;
@@ -122,19 +122,6 @@ impl Proc {
         }
         Ok(())
     }
-}
-
-/// A process's CPU time (utime + stime, clock ticks) from /proc/<pid>/stat.
-fn cpu_ticks(pid: i32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its ')' start at 3.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/<pid>/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<u64> { Ok(f.get(n - 3).context("short stat")?.parse()?) };
-    Ok(field(14)? + field(15)?)
 }
 
 /// VmRSS and VmHWM of a process in kB, from /proc/<pid>/status.

@@ -285,7 +285,16 @@ pub async fn top_statements(conninfo: &str, n: i64) -> Result<String> {
             &[&n],
         )
         .await?;
-    Ok(rows
+    let total: f64 = c
+        .query_one(
+            "select coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements
+              where toplevel and dbid = (select oid from pg_database
+                                         where datname = current_database())",
+            &[],
+        )
+        .await?
+        .get(0);
+    let lines = rows
         .iter()
         .map(|r| {
             format!(
@@ -297,5 +306,26 @@ pub async fn top_statements(conninfo: &str, n: i64) -> Result<String> {
             )
         })
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n");
+    Ok(format!(
+        "{total:>9.0} ms in all top-level statements\n{lines}"
+    ))
+}
+
+/// A process's CPU time (utime + stime, clock ticks) from /proc/<pid>/stat.
+pub fn cpu_ticks(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' start at 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> { Ok(f.get(n - 3).context("short stat")?.parse()?) };
+    Ok(field(14)? + field(15)?)
+}
+
+/// User + system CPU seconds this process has used so far (0 if unreadable).
+pub fn own_cpu_secs() -> f64 {
+    cpu_ticks(std::process::id() as i32).unwrap_or(0) as f64 / 100.0
 }

@@ -4,8 +4,16 @@
 -- at-least-once), not already being run by this executor (i_busy), and no earlier
 -- unfinished task in the same lane, so one lane runs strictly in task_id order while
 -- different lanes and lane-less tasks run in parallel.
+--
+-- The executor asks this before every task it starts. As a SQL function (with its SET
+-- clause) the body was parsed and planned at every call, several times the cost of running
+-- it; as PL/pgSQL with a cached generic plan it kept whatever plan suited the table when
+-- it was new and empty (a scan of every task ever run). So: PL/pgSQL, parsed once, with a
+-- plan made for each call's arguments and the table's current size.
 create or replace function pgfan_node.runnable_tasks(i_busy bigint[], i_limit integer)
 returns setof pgfan_node.task as $$
+begin
+    return query
     select t.*
       from pgfan_node.task t
      where (t.state = 'claimed' or (t.state = 'running' and not t.tx))
@@ -16,5 +24,7 @@ returns setof pgfan_node.task as $$
                    and e.state in ('claimed', 'running')))
      order by t.task_id
      limit i_limit;
-$$ language sql stable
-set search_path = pg_catalog, pg_temp;
+end;
+$$ language plpgsql stable
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_custom_plan;

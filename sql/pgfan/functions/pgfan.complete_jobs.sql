@@ -1,0 +1,69 @@
+-- pgfan.complete_jobs(job_ids): pgfan.complete_job for every job of a reducer batch;
+-- returns the jobs that reached a final state, with that state.
+--
+-- The common case is done in a few statements for all of them: every task of the job is
+-- done (whatever the policy, the job is then done), the tasks agree on their columns, and
+-- the reduce is the plain concatenation of columns of the types reduce_job builds
+-- statically. For those the result rows are written, the job finished and waiters
+-- notified exactly as complete_job, reduce_job and finish_job would (the same casts, so
+-- the same jsonb; no task is open, so there is nothing to cancel). Every other job goes
+-- through complete_job, one at a time, in job id order after the fast ones. Jobs are
+-- locked first, in id order, like complete_job locks each.
+create or replace function pgfan.complete_jobs(i_job_ids bigint[])
+returns table (job_id bigint, state text) as $$
+declare
+    v_fast bigint[];
+    v_id bigint;
+    v_state text;
+begin
+    perform 1 from pgfan.job j where j.job_id = any(i_job_ids) order by j.job_id for update;
+    select coalesce(array_agg(j.job_id order by j.job_id), '{}')
+      into v_fast
+      from pgfan.job j
+      cross join lateral (
+          select count(*) as n,
+                 count(*) filter (where t.state = 'done') as done,
+                 count(distinct (t.result_columns, t.result_types)) as shapes,
+                 min(t.result_types) as types
+            from pgfan.task t where t.job_id = j.job_id) s
+     where j.job_id = any(i_job_ids) and j.state = 'running'
+       and (j.policy in ('all', 'failfast') or j.policy ~ '^k:[0-9]+$')
+       and lower(btrim(coalesce(j.reduce, 'concat'))) in ('concat', '')
+       and s.n > 0 and s.done = s.n and s.shapes = 1
+       and not exists (
+           select 1 from unnest(s.types) ty
+            where to_regtype(ty) is null
+               or to_regtype(ty) not in ('smallint'::regtype, 'integer'::regtype,
+                                         'bigint'::regtype, 'numeric'::regtype, 'text'::regtype,
+                                         'character varying'::regtype, 'boolean'::regtype));
+
+    delete from pgfan.job_result r where r.job_id = any(v_fast);
+    insert into pgfan.job_result (job_id, row_no, row_data)
+    select t.job_id, row_number() over (partition by t.job_id order by t.task_id, r.row_no),
+           (select jsonb_object_agg(c.name, case
+                                                when to_regtype(c.ty) in ('smallint'::regtype, 'integer'::regtype,
+                                                                          'bigint'::regtype, 'numeric'::regtype)
+                                                    then to_jsonb(r.vals[c.o]::numeric)
+                                                when to_regtype(c.ty) = 'boolean'::regtype
+                                                    then to_jsonb(r.vals[c.o]::boolean)
+                                                else to_jsonb(r.vals[c.o])
+                                            end order by c.o)
+              from unnest(t.result_columns, t.result_types) with ordinality c(name, ty, o))
+      from pgfan.task_row r join pgfan.task t using (task_id)
+     where t.job_id = any(v_fast) and t.state = 'done'
+       and cardinality(t.result_columns) > 0;
+    update pgfan.job j set state = 'done', error = null, finished_at = now()
+     where j.job_id = any(v_fast);
+    perform pg_notify('pgfan_job', x::text) from unnest(v_fast) x order by x;
+    return query select x, 'done'::text from unnest(v_fast) x order by x;
+
+    for v_id in select x from unnest(i_job_ids) x where x <> all(v_fast) order by x loop
+        v_state := pgfan.complete_job(v_id);
+        if v_state is not null then
+            job_id := v_id;
+            state := v_state;
+            return next;
+        end if;
+    end loop;
+end;
+$$ language plpgsql;

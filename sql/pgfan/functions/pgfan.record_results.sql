@@ -1,0 +1,77 @@
+-- pgfan.record_results(task_ids, nodes, results): pgfan.record_result for a whole chunk of
+-- result events in a few statements; returns, per input, the task's job id when that
+-- result was recorded, NULL otherwise (in the input order).
+--
+-- The same rules as record_result, applied to sets: job rows locked first, then task rows
+-- (both in id order, as cancel and expire_jobs lock them); unknown tasks, results from
+-- another node and invalid states become dead letters; only a task's first result counts;
+-- a failed task is also listed as a dead letter. A chunk that names a task twice goes
+-- through record_result one by one, where the second result sees what the first did.
+-- The reducer records each chunk with this: one call instead of one per result, which
+-- cost more than all the rest of the reducer's work (pg_stat_statements, delivery bench).
+create or replace function pgfan.record_results(
+    i_task_ids bigint[], i_nodes text[], i_results jsonb[])
+returns bigint[] as $$
+declare
+    v_jobs bigint[];
+begin
+    if (select count(distinct x) from unnest(i_task_ids) x) <> cardinality(i_task_ids) then
+        select array_agg(pgfan.record_result(u.id, u.node, u.res) order by u.n)
+          into v_jobs
+          from unnest(i_task_ids, i_nodes, i_results) with ordinality u(id, node, res, n);
+        return v_jobs;
+    end if;
+    perform 1 from pgfan.job
+     where job_id in (select t.job_id from pgfan.task t where t.task_id = any(i_task_ids))
+     order by job_id
+       for update;
+    perform 1 from pgfan.task where task_id = any(i_task_ids) order by task_id for update;
+
+    insert into pgfan.dead_letter (source, job_id, task_id, queue_name, ev_type, ev_data, ev_target, error)
+    select 'reducer', t.job_id, u.id, 'pgfan_results', 'result', u.res::text, u.node,
+           case when t.task_id is null then 'pgfan: result for unknown task ' || u.id
+                when t.node_name is distinct from u.node
+                    then format('pgfan: result for task %s of node %s came from node %s',
+                                u.id, t.node_name, u.node)
+                else format('pgfan: result with invalid state %L', u.res ->> 'state') end
+      from unnest(i_task_ids, i_nodes, i_results) with ordinality u(id, node, res, n)
+      left join pgfan.task t on t.task_id = u.id
+     where t.task_id is null or t.node_name is distinct from u.node
+        or coalesce(u.res ->> 'state', '') not in ('done', 'failed', 'cancelled')
+     order by u.n;
+
+    -- A task the master cancelled may still have run: the node's report of what really
+    -- happened replaces the cancel; a second result of a finished task is a duplicate.
+    with u as (
+        select u.id, u.node, u.res, u.n, u.res ->> 'state' as st, u.res ->> 'error' as err
+          from unnest(i_task_ids, i_nodes, i_results) with ordinality u(id, node, res, n)),
+    upd as (
+        update pgfan.task t
+           set state = u.st,
+               error = u.err,
+               finished_at = now(),
+               result_columns = array(select jsonb_array_elements_text(u.res -> 'columns')),
+               result_types = array(select jsonb_array_elements_text(u.res -> 'types')),
+               result_rows = coalesce(jsonb_array_length(u.res -> 'rows'), 0)
+          from u
+         where t.task_id = u.id and t.node_name = u.node
+           and u.st in ('done', 'failed', 'cancelled')
+           and t.state not in ('done', 'failed')
+           and not (t.state = 'cancelled' and u.st = 'cancelled')
+        returning t.task_id, t.job_id, u.res, u.st, u.err, u.node, u.n),
+    task_rows as (
+        insert into pgfan.task_row (task_id, row_no, vals)
+        select upd.task_id, r.ord, array(select jsonb_array_elements_text(r.vals))
+          from upd, jsonb_array_elements(coalesce(upd.res -> 'rows', '[]')) with ordinality r(vals, ord)),
+    failures as (
+        insert into pgfan.dead_letter (source, job_id, task_id, ev_target, error)
+        select 'node', upd.job_id, upd.task_id, upd.node, coalesce(upd.err, 'failed')
+          from upd where upd.st = 'failed' order by upd.n)
+    select array_agg(upd.job_id order by x.n)
+      into v_jobs
+      from generate_series(1, cardinality(i_task_ids)) x(n)
+      left join upd on upd.n = x.n;
+    return coalesce(v_jobs, '{}');
+end;
+$$ language plpgsql
+set search_path = pg_catalog, pg_temp;

@@ -1080,3 +1080,302 @@ async fn set_based_recording_matches_one_by_one() {
     );
     assert_eq!(set.4.len(), 5, "{:?}", set.4);
 }
+
+/// `route_events` (the relay's set-based call for a whole batch) must make exactly what
+/// `route_event` makes event by event: the same jobs, tasks in the same order, the same
+/// pull events. One batch goes each way; everything is compared with ids made relative.
+#[tokio::test]
+async fn set_based_routing_matches_one_by_one() {
+    let (_db, c) = master(Backend::Bundled).await;
+    type Ev = (
+        &'static str,         // kind
+        &'static str,         // target
+        Option<&'static str>, // reduce
+        Option<&'static str>, // policy
+        Option<&'static str>, // timeout
+        &'static [&'static str],
+        Option<&'static str>, // lane
+        Option<i32>,          // parallel
+        &'static str,         // options
+    );
+    let raw: [Ev; 6] = [
+        (
+            "sql",
+            "n1",
+            None,
+            None,
+            None,
+            &["sql=select+1"],
+            None,
+            None,
+            "",
+        ),
+        (
+            "sql",
+            "n1,n2",
+            Some("sum"),
+            Some("failfast"),
+            Some("5000 milliseconds"),
+            &["sql=select+2"],
+            None,
+            None,
+            "timeout_ms=5000",
+        ),
+        (
+            "copy",
+            "all",
+            None,
+            None,
+            None,
+            &["action=ins&id=1"],
+            Some("L"),
+            None,
+            "tx=0",
+        ),
+        (
+            "sql",
+            "n2",
+            None,
+            Some("k:2"),
+            None,
+            &["sql=select+3", "sql=select+4", "sql=select+5"],
+            None,
+            Some(2),
+            "",
+        ),
+        (
+            "sql",
+            "hash:abc",
+            None,
+            None,
+            None,
+            &["sql=select+6"],
+            None,
+            None,
+            "",
+        ),
+        (
+            "sql",
+            " n3 , n3,n1",
+            None,
+            None,
+            None,
+            &["sql=select+7"],
+            None,
+            None,
+            "",
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (copy, set_based) in [("a", true), ("b", false)] {
+        let source = format!("test_{copy}");
+        // Two submitted jobs as well: one to route, one cancelled before routing.
+        let submitted: i64 = c
+            .query_one("select pgfan.submit('n3', 'select 8', lane => 'M')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let cancelled: i64 = c
+            .query_one("select pgfan.submit('n1', 'select 9')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        c.query_one("select pgfan.cancel($1)", &[&cancelled])
+            .await
+            .unwrap();
+        let n = raw.len() + 2;
+        let ev_ids: Vec<i64> = (1..=n as i64).collect();
+        let mut jobs: Vec<Option<i64>> = vec![None; raw.len()];
+        jobs.extend([Some(submitted), Some(cancelled)]);
+        let pick = |f: &dyn Fn(&Ev) -> Option<String>, rest: [Option<String>; 2]| {
+            raw.iter()
+                .map(f)
+                .chain(rest)
+                .collect::<Vec<Option<String>>>()
+        };
+        let kinds = pick(
+            &|e| Some(e.0.into()),
+            [Some("sql".into()), Some("sql".into())],
+        );
+        let targets = pick(
+            &|e| Some(e.1.into()),
+            [Some("n3".into()), Some("n1".into())],
+        );
+        let reduces = pick(&|e| e.2.map(Into::into), [None, None]);
+        let policies = pick(&|e| e.3.map(Into::into), [None, None]);
+        let timeouts = pick(&|e| e.4.map(Into::into), [None, None]);
+        let lanes = pick(&|e| e.6.map(Into::into), [Some("M".into()), None]);
+        let options: Vec<String> = pick(&|e| Some(e.8.into()), [Some("".into()), Some("".into())])
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut payloads: Vec<Vec<String>> = raw
+            .iter()
+            .map(|e| e.5.iter().map(|p| p.to_string()).collect())
+            .collect();
+        payloads.extend([vec!["sql=select+8".into()], vec!["sql=select+9".into()]]);
+        let mut parallels: Vec<Option<i32>> = raw.iter().map(|e| e.7).collect();
+        parallels.extend([None, None]);
+        let params: Vec<Option<serde_json::Value>> = (0..n)
+            .map(|i| (i < raw.len()).then(|| json!({"sql": [format!("event {i}")]})))
+            .collect();
+        let routed: Vec<i64> = if set_based {
+            let payloads: Vec<serde_json::Value> = payloads.iter().map(|p| json!(p)).collect();
+            c.query_one(
+                "select pgfan.route_events($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::interval[],
+                                           $10, $11, $12, $13)",
+                &[
+                    &source, &ev_ids, &jobs, &kinds, &targets, &params, &reduces, &policies,
+                    &timeouts, &payloads, &lanes, &parallels, &options,
+                ],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        } else {
+            let mut v = Vec::new();
+            for i in 0..n {
+                v.push(
+                    c.query_one(
+                        "select pgfan.route_event($1, $2, $3, $4, $5, $6, $7, $8,
+                                                  $9::text::interval, $10, $11, $12, $13)",
+                        &[
+                            &source,
+                            &ev_ids[i],
+                            &jobs[i],
+                            &kinds[i],
+                            &targets[i],
+                            &params[i],
+                            &reduces[i],
+                            &policies[i],
+                            &timeouts[i],
+                            &payloads[i],
+                            &lanes[i],
+                            &parallels[i],
+                            &options[i],
+                        ],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0),
+                );
+            }
+            v
+        };
+        // Ids relative to this copy: jobs by position, tasks by order.
+        let job_no = |id: &str| -> String {
+            routed
+                .iter()
+                .position(|j| j.to_string() == id)
+                .map_or(format!("? {id}"), |p| format!("J{p}"))
+        };
+        let task_ids: Vec<i64> = c
+            .query(
+                "select task_id from pgfan.task where job_id = any($1) order by task_id",
+                &[&routed],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let task_no = |id: &str| -> String {
+            task_ids
+                .iter()
+                .position(|t| t.to_string() == id)
+                .map_or(format!("? {id}"), |p| format!("T{p}"))
+        };
+        let lane = |l: Option<String>| {
+            l.map(|l| match l.split_once(':') {
+                Some((job, n)) => format!("{}:{n}", job_no(job)),
+                None => l,
+            })
+        };
+        let jobs_seen: Vec<String> = c
+            .query(
+                "select job_id::text as job, kind, target, params::text, reduce, policy,
+                        (deadline - submitted_at)::text, state, n_tasks, routed_at is not null,
+                        source_ev_id
+                   from pgfan.job where job_id = any($1) order by job_id",
+                &[&routed],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?} {:?} {:?} {} {:?} {} {:?} {} {:?}",
+                    job_no(&r.get::<_, String>(0)),
+                    r.get::<_, String>(1),
+                    r.get::<_, Option<String>>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, Option<String>>(4),
+                    r.get::<_, String>(5),
+                    r.get::<_, Option<String>>(6),
+                    r.get::<_, String>(7),
+                    r.get::<_, Option<i32>>(8),
+                    r.get::<_, bool>(9),
+                    r.get::<_, Option<i64>>(10),
+                )
+            })
+            .collect();
+        let tasks_seen: Vec<String> = c
+            .query(
+                "select task_id::text as task, job_id::text as job, node_name, part_no, kind, payload, lane,
+                        options, state
+                   from pgfan.task where job_id = any($1) order by task_id",
+                &[&routed],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {} {} {:?} {:?} {}",
+                    task_no(&r.get::<_, String>(0)),
+                    job_no(&r.get::<_, String>(1)),
+                    r.get::<_, String>(2),
+                    r.get::<_, i32>(3),
+                    r.get::<_, String>(4),
+                    r.get::<_, String>(5),
+                    lane(r.get(6)),
+                    r.get::<_, Option<String>>(7),
+                    r.get::<_, String>(8),
+                )
+            })
+            .collect();
+        let task_texts: Vec<String> = task_ids.iter().map(|t| t.to_string()).collect();
+        let events_seen: Vec<String> = c
+            .query(
+                "select q.queue_name, e.ev_type, e.ev_data, e.ev_extra1, e.ev_extra2, e.ev_extra3,
+                        e.ev_extra4
+                   from pgq.event_template e
+                   join pgq.queue q on e.tableoid::regclass::text like q.queue_data_pfx || '\\_%'
+                  where e.ev_extra1 = any($1) order by q.queue_name, e.ev_id",
+                &[&task_texts],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {} {:?} {:?}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                    task_no(&r.get::<_, String>(3)),
+                    job_no(&r.get::<_, String>(4)),
+                    lane(r.get(5)),
+                    r.get::<_, Option<String>>(6),
+                )
+            })
+            .collect();
+        assert_eq!(events_seen.len(), task_ids.len(), "one pull event per task");
+        seen.push((jobs_seen, tasks_seen, events_seen));
+    }
+    assert_eq!(seen[0].0, seen[1].0, "jobs");
+    assert_eq!(seen[0].1, seen[1].1, "tasks");
+    assert_eq!(seen[0].2, seen[1].2, "pull events");
+    // 1 + 2 + 3 (all) + 3 + 1 + 2 + 1 tasks, none for the cancelled job.
+    assert_eq!(seen[0].1.len(), 13, "{:#?}", seen[0].1);
+}

@@ -1,10 +1,12 @@
 //! Turning push events into `pgfan.route_event` calls.
 //!
 //! A batch is first tried whole: every event parsed here, the requests of submitted jobs
-//! read in one query, and then one `route_event` per event sent pipelined under a single
-//! savepoint, so a batch of N events costs a few round trips instead of 4×N. If anything in
-//! the batch is bad, the savepoint is rolled back and the relay routes event by event,
-//! where a bad event gets its own savepoint, dead letter and failed job.
+//! read in one query, and then all of it routed by one set-based `pgfan.route_events`
+//! under a savepoint. When that declines (an `any` target, a job not in the usual state,
+//! anything unusual) the savepoint is rolled back and one `route_event` per event is sent
+//! pipelined under a new one. If anything in the batch is bad, that is rolled back too and
+//! the relay routes event by event, where a bad event gets its own savepoint, dead letter
+//! and failed job.
 
 use std::collections::HashMap;
 
@@ -17,6 +19,10 @@ use crate::pgq::Event;
 /// Routes one event; the arguments are bound by [`route`].
 const ROUTE_SQL: &str = "select pgfan.route_event($1, $2, $3, $4, $5, $6, $7, $8, \
                          $9::text::interval, $10, $11, $12, $13)";
+
+/// Routes a whole batch in one call; the arguments are bound by [`route_all`].
+const ROUTE_ALL_SQL: &str = "select pgfan.route_events($1, $2, $3, $4, $5, $6, $7, $8, \
+                             $9::text[]::interval[], $10, $11, $12, $13)";
 
 /// How routing one event went wrong.
 pub(super) enum Routing {
@@ -204,8 +210,19 @@ pub(super) async fn batch(
         Err(Routing::Db(err)) => return Err(err),
         Err(Routing::Bad { .. }) => return Ok(false),
     };
-    let stmt = tx.prepare(ROUTE_SQL).await?;
     tx.batch_execute("savepoint pgfan_batch").await?;
+    match route_all(tx, source, events, &planned).await {
+        Ok(()) => {
+            tx.batch_execute("release savepoint pgfan_batch").await?;
+            return Ok(true);
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "Batch routed event by event");
+            tx.batch_execute("rollback to savepoint pgfan_batch")
+                .await?;
+        }
+    }
+    let stmt = tx.prepare(ROUTE_SQL).await?;
     let results = join_all(
         events
             .iter()
@@ -225,6 +242,44 @@ pub(super) async fn batch(
         }
         Some(err) => Err(err),
     }
+}
+
+/// Routes every planned event with one `pgfan.route_events`.
+async fn route_all(
+    tx: &Transaction<'_>,
+    source: &str,
+    events: &[Event],
+    planned: &[(Option<i64>, Request)],
+) -> Result<(), tokio_postgres::Error> {
+    let ev_ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let targets: Vec<Option<&str>> = events.iter().map(|e| e.extra[0].as_deref()).collect();
+    let jobs: Vec<Option<i64>> = planned.iter().map(|(job, _)| *job).collect();
+    let reqs = planned.iter().map(|(_, req)| req);
+    let kinds: Vec<&str> = reqs.clone().map(|r| r.kind.name()).collect();
+    let params: Vec<Option<serde_json::Value>> = planned
+        .iter()
+        .map(|(job, req)| job.is_none().then(|| req.params_json()))
+        .collect();
+    let reduces: Vec<Option<&str>> = reqs.clone().map(|r| r.reduce.as_deref()).collect();
+    let policies: Vec<Option<&str>> = reqs.clone().map(|r| r.policy.as_deref()).collect();
+    let timeouts: Vec<Option<String>> = reqs
+        .clone()
+        .map(|r| r.timeout.map(|t| format!("{} milliseconds", t.as_millis())))
+        .collect();
+    let payloads: Vec<serde_json::Value> =
+        reqs.clone().map(|r| r.payloads.clone().into()).collect();
+    let lanes: Vec<Option<&str>> = reqs.clone().map(|r| r.lane.as_deref()).collect();
+    let parallels: Vec<Option<i32>> = reqs.clone().map(|r| r.parallel.map(|p| p as i32)).collect();
+    let options: Vec<String> = reqs.map(|r| r.options()).collect();
+    tx.query_one(
+        ROUTE_ALL_SQL,
+        &[
+            &source, &ev_ids, &jobs, &kinds, &targets, &params, &reduces, &policies, &timeouts,
+            &payloads, &lanes, &parallels, &options,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// After the first failing statement of a pipeline the rest fail as "transaction aborted";

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client};
 
 use super::worker::{self, Finished, Intent, Outcome, SharedIntent, Task};
@@ -165,9 +166,9 @@ impl Executor {
         let rows = self
             .control()
             .await?
-            .query(
+            .query_typed(
                 "select * from pgfan_node.runnable_tasks($1, $2)",
-                &[&busy, &(free as i32)],
+                &[(&busy, Type::INT8_ARRAY), (&(free as i32), Type::INT4)],
             )
             .await?;
         for row in rows {

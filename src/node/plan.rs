@@ -7,6 +7,7 @@
 //! a text parameter (call arguments) or as one JSON parameter (copy rows).
 
 use serde_json::{Map, Value};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::payload::{Action, Work};
@@ -32,7 +33,8 @@ pub enum Plan {
         params: Vec<String>,
         shape: Shape,
     },
-    /// A data change built from the catalog; reports the number of rows it changed.
+    /// A data change built from the catalog (a copy action); reports the number of rows it
+    /// changed. Its parameters are text.
     Modify { sql: String, params: Vec<String> },
 }
 
@@ -218,7 +220,7 @@ fn copy_table<'a>(cfg: &'a NodeConfig, table: Option<&'a str>) -> Result<&'a str
 /// a single row, so this round trip is a good part of its cost).
 async fn load_table(c: &Client, cfg: &NodeConfig, table: &str) -> Result<Table, PlanError> {
     let row = c
-        .query_opt(
+        .query_typed_opt(
             "select c.oid::regclass::text,
                     array(select a.attname::text from pg_catalog.pg_attribute a
                            where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
@@ -235,7 +237,7 @@ async fn load_table(c: &Client, cfg: &NodeConfig, table: &str) -> Result<Table, 
                            order by k.n)
                from pg_catalog.pg_class c
               where c.oid = pg_catalog.to_regclass($1) and c.relkind in ('r', 'p')",
-            &[&table],
+            &[(&table, Type::TEXT)],
         )
         .await?
         .ok_or_else(|| refuse(format!("table {table} does not exist on node {}", cfg.name)))?;

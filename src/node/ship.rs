@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::NodeConfig;
@@ -88,14 +89,14 @@ async fn sweep(
 async fn ship_chunk(s: &mut Sessions, node_name: &str) -> Result<usize, tokio_postgres::Error> {
     let rows = s
         .node
-        .query(
+        .query_typed(
             "select task_id, job_id::text,
                     coalesce(result, pgfan_node.empty_result(state, error))::text
                from pgfan_node.task
               where shipped_at is null and state in ('done', 'failed', 'cancelled')
               order by task_id
               limit $1",
-            &[&CHUNK],
+            &[(&CHUNK, Type::INT8)],
         )
         .await?;
     if rows.is_empty() {
@@ -107,15 +108,20 @@ async fn ship_chunk(s: &mut Sessions, node_name: &str) -> Result<usize, tokio_po
     // One statement for the chunk, through the node door that checks the login may act
     // as this node and ships only its own tasks; the events get ids in task order.
     s.master
-        .query_one(
+        .query_typed_one(
             "select pgfan.node_ship_results($1, $2, $3, $4)",
-            &[&node_name, &ids, &job_ids, &results],
+            &[
+                (&node_name, Type::TEXT),
+                (&ids, Type::INT8_ARRAY),
+                (&job_ids, Type::TEXT_ARRAY),
+                (&results, Type::TEXT_ARRAY),
+            ],
         )
         .await?;
     s.node
-        .execute(
+        .execute_typed(
             "update pgfan_node.task set shipped_at = now() where task_id = any($1)",
-            &[&ids],
+            &[(&ids, Type::INT8_ARRAY)],
         )
         .await?;
     Ok(ids.len())

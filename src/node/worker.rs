@@ -5,6 +5,9 @@
 //! done+result row before COMMIT, so the effect and the record of it commit together
 //! (exactly once). A failure rolls everything back and is recorded in a new transaction.
 //!
+//! The bookkeeping statements and the copy statement are sent with their parameter types
+//! (`*_typed`): one round trip each instead of a prepare and an execute.
+//!
 //! A task with tx=0 runs outside a transaction block (CREATE INDEX CONCURRENTLY, VACUUM):
 //! it is marked running (committed), run with a session statement timeout, then marked
 //! done or failed. A crash in between leaves it running, and it runs again: at-least-once.
@@ -12,7 +15,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use super::payload::Work;
@@ -161,10 +164,10 @@ async fn run_in_tx(
     // daemon's backend) and re-checks the state after the wait: one statement to take the
     // task and count the attempt.
     let taken = tx
-        .execute(
+        .execute_typed(
             "update pgfan_node.task set started_at = now(), attempts = attempts + 1
               where task_id = $1 and state = 'claimed'",
-            &[&task.task_id],
+            &[(&task.task_id, Type::INT8)],
         )
         .await?;
     if taken == 0 {
@@ -217,10 +220,10 @@ async fn run_in_tx(
 /// Counts a run whose transaction was rolled back (its own count went with it).
 async fn count_attempt(client: &Client, task_id: i64) -> Result<(), tokio_postgres::Error> {
     client
-        .execute(
+        .execute_typed(
             "update pgfan_node.task set attempts = attempts + 1, started_at = now()
               where task_id = $1 and state = 'claimed'",
-            &[&task_id],
+            &[(&task_id, Type::INT8)],
         )
         .await?;
     Ok(())
@@ -265,11 +268,11 @@ async fn run_autocommit(
 ) -> Result<Outcome, tokio_postgres::Error> {
     let planned = prepare(client, task, cfg).await?;
     let started = client
-        .execute(
+        .execute_typed(
             "update pgfan_node.task
                 set state = 'running', started_at = now(), attempts = attempts + 1
               where task_id = $1 and (state = 'claimed' or (state = 'running' and not tx))",
-            &[&task.task_id],
+            &[(&task.task_id, Type::INT8)],
         )
         .await?;
     if started == 0 {
@@ -356,9 +359,9 @@ async fn assume_task_role(
     local: bool,
 ) -> Result<(), tokio_postgres::Error> {
     if let Some(role) = &cfg.task_role {
-        c.query_one(
+        c.query_typed_one(
             "select pg_catalog.set_config('role', $1, $2)",
-            &[role, &local],
+            &[(role, Type::TEXT), (&local, Type::BOOL)],
         )
         .await?;
     }
@@ -375,18 +378,18 @@ async fn leave_task_role(
         return Ok(true);
     };
     let row = c
-        .query_one(
+        .query_typed_one(
             "select current_user::text = $1, pg_catalog.set_config('role', 'none', $2)",
-            &[role, &local],
+            &[(role, Type::TEXT), (&local, Type::BOOL)],
         )
         .await?;
     Ok(row.get(0))
 }
 
 async fn set_timeout(c: &Client, ms: i32, local: bool) -> Result<(), tokio_postgres::Error> {
-    c.query_one(
+    c.query_typed_one(
         "select pg_catalog.set_config('statement_timeout', $1, $2)",
-        &[&ms.to_string(), &local],
+        &[(&ms.to_string(), Type::TEXT), (&local, Type::BOOL)],
     )
     .await?;
     Ok(())
@@ -410,7 +413,13 @@ async fn execute(c: &Client, plan: &Plan) -> Result<TaskResult, tokio_postgres::
             c.batch_execute(&format!("close {CURSOR}")).await?;
             Ok(TaskResult::from_messages(&msgs, Some(shape)))
         }
-        Plan::Modify { sql, params } => Ok(TaskResult::count(c.execute(sql, &refs(params)).await?)),
+        Plan::Modify { sql, params } => {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+                .collect();
+            Ok(TaskResult::count(c.execute_typed(sql, &typed).await?))
+        }
     }
 }
 
@@ -436,9 +445,14 @@ async fn record_json(
     res: &TaskResult,
     json: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    c.query_one(
+    c.query_typed_one(
         "select pgfan_node.finish_task($1, $2, $3, $4::text::jsonb)",
-        &[&task_id, &res.state, &res.error, &json],
+        &[
+            (&task_id, Type::INT8),
+            (&res.state, Type::TEXT),
+            (&res.error, Type::TEXT),
+            (&json, Type::TEXT),
+        ],
     )
     .await?;
     Ok(())

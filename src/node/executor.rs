@@ -2,14 +2,15 @@
 //!
 //! One loop picks runnable tasks (`pgfan_node.runnable_tasks`: same lane = strictly in
 //! task_id order, other lanes and lane-less tasks in parallel), up to `workers` at a time,
-//! and hands each to a worker with a connection of the pool. It wakes when the claim
+//! and hands each to a worker with a connection of the pool. It reads a few runnable tasks
+//! ahead, so that most starts cost no query. It wakes when the claim
 //! handler claimed a batch, when a worker finishes, and every `poll_period` as a fallback.
 //! Cancellations from the master arrive as commands: a running task gets its statement
 //! cancelled (CancelToken), a waiting one is recorded as cancelled. On stop it drains:
 //! no new tasks, running ones may finish until the deadline, then they are cancelled and
 //! left to run again after the restart (their transactions roll back).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use crate::outage::Outage;
 
 /// How long cancelled workers get to return after the drain deadline before they are dropped.
 const ABANDON_GRACE: Duration = Duration::from_secs(5);
+
+/// Runnable tasks read ahead per worker, so that most task starts need no query.
+const READ_AHEAD: usize = 4;
 
 /// A task whose node connection broke this many times is recorded as failed.
 const MAX_LOST: u32 = 3;
@@ -48,6 +52,10 @@ pub struct Executor {
     cfg: watch::Receiver<Arc<NodeConfig>>,
     control: Option<Client>,
     idle: Vec<Client>,
+    /// Runnable tasks read ahead, in task_id order. Starting one later is safe: the worker
+    /// takes a task only while it is still claimed (cancelled or done meanwhile: skipped),
+    /// and a lane's next task is not in here until its predecessor has finished.
+    ready: VecDeque<Task>,
     busy: HashMap<i64, Busy>,
     running: JoinSet<Finished>,
     workers_of: HashMap<tokio::task::Id, i64>,
@@ -70,6 +78,7 @@ impl Executor {
             cfg,
             control: None,
             idle: Vec::new(),
+            ready: VecDeque::new(),
             busy: HashMap::new(),
             running: JoinSet::new(),
             workers_of: HashMap::new(),
@@ -162,18 +171,25 @@ impl Executor {
         if free == 0 {
             return Ok(());
         }
-        let busy: Vec<i64> = self.busy.keys().copied().collect();
-        let rows = self
-            .control()
-            .await?
-            .query_typed(
-                "select * from pgfan_node.runnable_tasks($1, $2)",
-                &[(&busy, Type::INT8_ARRAY), (&(free as i32), Type::INT4)],
-            )
-            .await?;
-        for row in rows {
+        if self.ready.len() < free {
+            let busy: Vec<i64> = self.busy.keys().copied().collect();
+            let limit = (cfg.workers * READ_AHEAD).max(free) as i32;
+            let rows = self
+                .control()
+                .await?
+                .query_typed(
+                    "select * from pgfan_node.runnable_tasks($1, $2)",
+                    &[(&busy, Type::INT8_ARRAY), (&limit, Type::INT4)],
+                )
+                .await?;
+            self.ready = rows.iter().map(Task::from_row).collect();
+        }
+        for _ in 0..free {
+            let Some(task) = self.ready.pop_front() else {
+                break;
+            };
             let client = self.connection().await?;
-            self.start(client, Task::from_row(&row), cfg.clone());
+            self.start(client, task, cfg.clone());
         }
         Ok(())
     }
@@ -278,7 +294,10 @@ impl Executor {
                     b.intent.set(Intent::Cancel);
                     send_cancel(&self.cfg.borrow().db, b.cancel.clone());
                 }
-                None => waiting.push(*id),
+                None => {
+                    self.ready.retain(|t| t.task_id != *id);
+                    waiting.push(*id)
+                }
             }
         }
         if !waiting.is_empty() {

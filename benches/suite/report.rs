@@ -158,7 +158,9 @@ pub fn text_table(rows: &[Row]) -> String {
             r.unit,
             r.baseline_value.map(num).unwrap_or_default(),
             r.baseline.clone().unwrap_or_default(),
-            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default(),
+            r.ratio
+                .map(|x| format!("{}x", ratio_text(x)))
+                .unwrap_or_default(),
             goal_cell(&r.goal)
         );
     }
@@ -183,7 +185,9 @@ pub fn markdown_table(rows: &[Row]) -> String {
             num(r.pgfan),
             r.unit,
             base,
-            r.ratio.map(|x| format!("{x:.2}×")).unwrap_or_default(),
+            r.ratio
+                .map(|x| format!("{}×", ratio_text(x)))
+                .unwrap_or_default(),
             goal_cell(&r.goal)
         );
     }
@@ -236,4 +240,14 @@ pub fn write(dir: &Path, env: &Environment, rows: &[Row], notes: &[String]) -> s
         }
     }
     std::fs::write(dir.join("results.md"), md)
+}
+
+/// Two decimals, or two significant digits below 0.01 (a fraction of a ceiling would
+/// otherwise print as 0.00).
+fn ratio_text(x: f64) -> String {
+    if x != 0.0 && x.abs() < 0.01 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.2}")
+    }
 }

@@ -9,9 +9,6 @@
 -- the same jsonb; no task is open, so there is nothing to cancel). Every other job goes
 -- through complete_job, one at a time, in job id order after the fast ones. Jobs are
 -- locked first, in id order, like complete_job locks each.
--- Its statements are planned for each call's arrays (force_custom_plan): a cached generic
--- plan made while pgfan's tables were new and empty would scan them whole once they have
--- grown, until autovacuum's first ANALYZE; one plan per batch costs next to nothing.
 create or replace function pgfan.complete_jobs(i_job_ids bigint[])
 returns table (job_id bigint, state text) as $$
 declare
@@ -69,5 +66,4 @@ begin
         end if;
     end loop;
 end;
-$$ language plpgsql
-set plan_cache_mode = force_custom_plan;
+$$ language plpgsql;

@@ -9,9 +9,6 @@
 -- through record_result one by one, where the second result sees what the first did.
 -- The reducer records each chunk with this: one call instead of one per result, which
 -- cost more than all the rest of the reducer's work (pg_stat_statements, delivery bench).
--- Its statements are planned for each call's arrays (force_custom_plan): a cached generic
--- plan made while pgfan's tables were new and empty would scan them whole once they have
--- grown, until autovacuum's first ANALYZE; one plan per batch costs next to nothing.
 create or replace function pgfan.record_results(
     i_task_ids bigint[], i_nodes text[], i_results jsonb[])
 returns bigint[] as $$
@@ -77,5 +74,4 @@ begin
     return coalesce(v_jobs, '{}');
 end;
 $$ language plpgsql
-set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_custom_plan;
+set search_path = pg_catalog, pg_temp;

@@ -13,9 +13,6 @@
 -- tasks routed just before it, which a set statement cannot see).
 -- One call per batch instead of one per event, each making several statements: routing
 -- was the largest cost on the master (pg_stat_statements, delivery bench).
--- Its statements are planned for each call's arrays (force_custom_plan): a cached generic
--- plan made while pgfan's tables were new and empty would scan them whole once they have
--- grown, until autovacuum's first ANALYZE; one plan per batch costs next to nothing.
 create or replace function pgfan.route_events(
     i_source text, i_ev_ids bigint[], i_jobs bigint[], i_kinds text[], i_targets text[],
     i_params jsonb[], i_reduces text[], i_policies text[], i_timeouts interval[],
@@ -94,5 +91,4 @@ begin
     return v_jobs;
 end;
 $$ language plpgsql
-set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_custom_plan;
+set search_path = pg_catalog, pg_temp;

@@ -496,6 +496,9 @@ async fn check_released(
     );
 }
 
+/// PostgreSQL's page size.
+const PAGE: i64 = 8192;
+
 /// Tables whose row count does not grow with the work: their size must stay put.
 const FIXED_ROWS: &[&str] = &[
     "pgq.consumer",
@@ -507,7 +510,10 @@ const FIXED_ROWS: &[&str] = &[
 
 /// After the release and a VACUUM, (almost) every dead tuple of the hold is gone (what
 /// stays belongs to transactions running at that moment), and the tables with a fixed
-/// number of rows are no larger than at the end of the hold: the space was reused.
+/// number of rows are no larger than at the end of the hold, give or take one page: the
+/// hold's space was reused. The page: under load an update can find its page full before
+/// pruning may remove the versions a running batch still sees, and the table then takes
+/// one more page (seen once in about ten runs: pgq.subscription 352 kB -> 360 kB).
 fn check_reclaimed(during: &BTreeMap<String, TableStat>, after: &BTreeMap<String, TableStat>) {
     for (t, d) in during {
         let a = after[t];
@@ -519,8 +525,8 @@ fn check_reclaimed(during: &BTreeMap<String, TableStat>, after: &BTreeMap<String
         );
         if FIXED_ROWS.contains(&t.as_str()) {
             assert!(
-                a.heap <= d.heap,
-                "{t}: no growth after the hold ({} bytes at its end, {} after)",
+                a.heap <= d.heap + PAGE,
+                "{t}: no growth after the hold beyond a page ({} bytes at its end, {} after)",
                 d.heap,
                 a.heap
             );

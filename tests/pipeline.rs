@@ -1262,115 +1262,55 @@ async fn set_based_routing_matches_one_by_one() {
             }
             v
         };
-        // Ids relative to this copy: jobs by position, tasks by order.
-        let job_no = |id: &str| -> String {
-            routed
-                .iter()
-                .position(|j| j.to_string() == id)
-                .map_or(format!("? {id}"), |p| format!("J{p}"))
+        // Everything as text with ids relative to this copy: job J<n> is the n-th routed
+        // event's, task T<n> the n-th task in id order; a '<job>:<n>' lane names its job so.
+        let rows = |sql: &'static str| {
+            let c = &c;
+            let routed = &routed;
+            async move {
+                c.query(sql, &[routed])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<String>>()
+            }
         };
-        let task_ids: Vec<i64> = c
-            .query(
-                "select task_id from pgfan.task where job_id = any($1) order by task_id",
-                &[&routed],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let task_no = |id: &str| -> String {
-            task_ids
-                .iter()
-                .position(|t| t.to_string() == id)
-                .map_or(format!("? {id}"), |p| format!("T{p}"))
-        };
-        let lane = |l: Option<String>| {
-            l.map(|l| match l.split_once(':') {
-                Some((job, n)) => format!("{}:{n}", job_no(job)),
-                None => l,
-            })
-        };
-        let jobs_seen: Vec<String> = c
-            .query(
-                "select job_id::text as job, kind, target, params::text, reduce, policy,
-                        (deadline - submitted_at)::text, state, n_tasks, routed_at is not null,
-                        source_ev_id
-                   from pgfan.job where job_id = any($1) order by job_id",
-                &[&routed],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {:?} {:?} {:?} {} {:?} {} {:?} {} {:?}",
-                    job_no(&r.get::<_, String>(0)),
-                    r.get::<_, String>(1),
-                    r.get::<_, Option<String>>(2),
-                    r.get::<_, String>(3),
-                    r.get::<_, Option<String>>(4),
-                    r.get::<_, String>(5),
-                    r.get::<_, Option<String>>(6),
-                    r.get::<_, String>(7),
-                    r.get::<_, Option<i32>>(8),
-                    r.get::<_, bool>(9),
-                    r.get::<_, Option<i64>>(10),
-                )
-            })
-            .collect();
-        let tasks_seen: Vec<String> = c
-            .query(
-                "select task_id::text as task, job_id::text as job, node_name, part_no, kind, payload, lane,
-                        options, state
-                   from pgfan.task where job_id = any($1) order by task_id",
-                &[&routed],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {} {} {} {} {:?} {:?} {}",
-                    task_no(&r.get::<_, String>(0)),
-                    job_no(&r.get::<_, String>(1)),
-                    r.get::<_, String>(2),
-                    r.get::<_, i32>(3),
-                    r.get::<_, String>(4),
-                    r.get::<_, String>(5),
-                    lane(r.get(6)),
-                    r.get::<_, Option<String>>(7),
-                    r.get::<_, String>(8),
-                )
-            })
-            .collect();
-        let task_texts: Vec<String> = task_ids.iter().map(|t| t.to_string()).collect();
-        let events_seen: Vec<String> = c
-            .query(
-                "select q.queue_name, e.ev_type, e.ev_data, e.ev_extra1, e.ev_extra2, e.ev_extra3,
-                        e.ev_extra4
-                   from pgq.event_template e
-                   join pgq.queue q on e.tableoid::regclass::text like q.queue_data_pfx || '\\_%'
-                  where e.ev_extra1 = any($1) order by q.queue_name, e.ev_id",
-                &[&task_texts],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {} {} {} {:?} {:?}",
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    task_no(&r.get::<_, String>(3)),
-                    job_no(&r.get::<_, String>(4)),
-                    lane(r.get(5)),
-                    r.get::<_, Option<String>>(6),
-                )
-            })
-            .collect();
-        assert_eq!(events_seen.len(), task_ids.len(), "one pull event per task");
+        let jobs_seen = rows(
+            "select format('J%s %s %L %s %L %s %L %s %L %s %L', array_position($1, job_id) - 1,
+                           kind, target, params, reduce, policy, deadline - submitted_at, state,
+                           n_tasks, routed_at is not null, source_ev_id)
+               from pgfan.job where job_id = any($1) order by array_position($1, job_id)",
+        )
+        .await;
+        let tasks_seen = rows(
+            "select format('T%s J%s %s %s %s %s %L %L %s', row_number() over (order by task_id) - 1,
+                           array_position($1, job_id) - 1, node_name, part_no, kind, payload,
+                           regexp_replace(lane, '^' || job_id || ':',
+                                          'J' || array_position($1, job_id) - 1 || ':'),
+                           options, state)
+               from pgfan.task where job_id = any($1) order by task_id",
+        )
+        .await;
+        let events_seen = rows(
+            "with t as (select task_id, job_id, row_number() over (order by task_id) - 1 as n
+                          from pgfan.task where job_id = any($1))
+             select format('%s %s %s T%s J%s %L %L', q.queue_name, e.ev_type, e.ev_data, t.n,
+                           array_position($1, e.ev_extra2::bigint) - 1,
+                           regexp_replace(e.ev_extra3, '^' || t.job_id || ':',
+                                          'J' || array_position($1, t.job_id) - 1 || ':'),
+                           e.ev_extra4)
+               from pgq.event_template e
+               join t on e.ev_extra1 = t.task_id::text
+               join pgq.queue q on e.tableoid::regclass::text like q.queue_data_pfx || '\\_%'
+              order by q.queue_name, e.ev_id",
+        )
+        .await;
+        assert_eq!(
+            events_seen.len(),
+            tasks_seen.len(),
+            "one pull event per task"
+        );
         seen.push((jobs_seen, tasks_seen, events_seen));
     }
     assert_eq!(seen[0].0, seen[1].0, "jobs");
@@ -1378,4 +1318,9 @@ async fn set_based_routing_matches_one_by_one() {
     assert_eq!(seen[0].2, seen[1].2, "pull events");
     // 1 + 2 + 3 (all) + 3 + 1 + 2 + 1 tasks, none for the cancelled job.
     assert_eq!(seen[0].1.len(), 13, "{:#?}", seen[0].1);
+    assert!(
+        seen[0].1.iter().any(|t| t.contains("'J3:1'")),
+        "parallel lanes name their job: {:#?}",
+        seen[0].1
+    );
 }

@@ -4,9 +4,10 @@
 -- The common case is done in a few statements for all of them: every task of the job is
 -- done (whatever the policy, the job is then done), the tasks agree on their columns, and
 -- the reduce is the plain concatenation of columns of the types reduce_job builds
--- statically. For those the result rows are written, the job finished and waiters
--- notified exactly as complete_job, reduce_job and finish_job would (the same casts, so
--- the same jsonb; no task is open, so there is nothing to cancel). Every other job goes
+-- statically (pgfan.concat_kinds, pgfan.concat_row). For those the result rows are
+-- written, the job finished and waiters notified exactly as complete_job, reduce_job and
+-- finish_job would (the same casts, so the same jsonb; no task is open, so there is
+-- nothing to cancel). Every other job goes
 -- through complete_job, one at a time, in job id order after the fast ones. Jobs are
 -- locked first, in id order, like complete_job locks each.
 create or replace function pgfan.complete_jobs(i_job_ids bigint[])
@@ -30,25 +31,12 @@ begin
        and (j.policy in ('all', 'failfast') or j.policy ~ '^k:[0-9]+$')
        and lower(btrim(coalesce(j.reduce, 'concat'))) in ('concat', '')
        and s.n > 0 and s.done = s.n and s.shapes = 1
-       and not exists (
-           select 1 from unnest(s.types) ty
-            where to_regtype(ty) is null
-               or to_regtype(ty) not in ('smallint'::regtype, 'integer'::regtype,
-                                         'bigint'::regtype, 'numeric'::regtype, 'text'::regtype,
-                                         'character varying'::regtype, 'boolean'::regtype));
+       and array_position(pgfan.concat_kinds(s.types), null) is null;
 
     delete from pgfan.job_result r where r.job_id = any(v_fast);
     insert into pgfan.job_result (job_id, row_no, row_data)
     select t.job_id, row_number() over (partition by t.job_id order by t.task_id, r.row_no),
-           (select jsonb_object_agg(c.name, case
-                                                when to_regtype(c.ty) in ('smallint'::regtype, 'integer'::regtype,
-                                                                          'bigint'::regtype, 'numeric'::regtype)
-                                                    then to_jsonb(r.vals[c.o]::numeric)
-                                                when to_regtype(c.ty) = 'boolean'::regtype
-                                                    then to_jsonb(r.vals[c.o]::boolean)
-                                                else to_jsonb(r.vals[c.o])
-                                            end order by c.o)
-              from unnest(t.result_columns, t.result_types) with ordinality c(name, ty, o))
+           pgfan.concat_row(t.result_columns, pgfan.concat_kinds(t.result_types), r.vals)
       from pgfan.task_row r join pgfan.task t using (task_id)
      where t.job_id = any(v_fast) and t.state = 'done'
        and cardinality(t.result_columns) > 0;

@@ -12,8 +12,8 @@
 -- user's and may name the user's tables unqualified; everything of pgfan's own is
 -- schema-qualified.
 --
--- The plain concatenation of columns of the common scalar types (integers, numeric, text,
--- varchar, boolean) takes a static statement instead: the same casts, so the same jsonb,
+-- The plain concatenation of columns of the common scalar types (pgfan.concat_kinds)
+-- takes a static statement instead (pgfan.concat_row): the same casts, so the same jsonb,
 -- without parsing and planning a dynamic one per job, which was two thirds of the cost of
 -- reducing a one-task job (pg_stat_statements, 5000 single-row copy jobs).
 create or replace function pgfan.reduce_job(i_job_id bigint)
@@ -39,23 +39,11 @@ begin
         return 0;
     end if;
     if lower(btrim(coalesce(v_reduce, 'concat'))) in ('concat', '') then
-        select array_agg(case
-                             when to_regtype(t) in ('smallint'::regtype, 'integer'::regtype,
-                                                    'bigint'::regtype, 'numeric'::regtype) then 'n'
-                             when to_regtype(t) in ('text'::regtype, 'character varying'::regtype) then 't'
-                             when to_regtype(t) = 'boolean'::regtype then 'b'
-                         end order by o)
-          into v_kinds
-          from unnest(v_types) with ordinality u(t, o);
+        v_kinds := pgfan.concat_kinds(v_types);
         if array_position(v_kinds, null) is null then
             insert into pgfan.job_result (job_id, row_no, row_data)
             select i_job_id, row_number() over (order by t.task_id, r.row_no),
-                   (select jsonb_object_agg(c.name, case c.kind
-                                                        when 'n' then to_jsonb(r.vals[c.o]::numeric)
-                                                        when 'b' then to_jsonb(r.vals[c.o]::boolean)
-                                                        else to_jsonb(r.vals[c.o])
-                                                    end order by c.o)
-                      from unnest(v_cols, v_kinds) with ordinality c(name, kind, o))
+                   pgfan.concat_row(v_cols, v_kinds, r.vals)
               from pgfan.task_row r join pgfan.task t using (task_id)
              where t.job_id = i_job_id and t.state = 'done';
             get diagnostics v_n = row_count;

@@ -14,6 +14,7 @@
 //! swap allow-lists, periods and the pool size; on a bad file keep the running one.
 
 pub mod claim;
+mod execute;
 pub mod executor;
 mod heartbeat;
 pub mod payload;

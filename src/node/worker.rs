@@ -15,17 +15,15 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
+use super::execute::execute;
 use super::payload::Work;
 use super::plan::{plan, Plan, PlanError};
 use super::result::{error_text, TaskResult};
 use super::NodeConfig;
 use crate::db::{self, ErrorClass};
-
-/// Name of the cursor through which `call` results are read as text.
-const CURSOR: &str = "pgfan_task_rows";
 
 /// What the executor wants of a task that is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,38 +391,6 @@ async fn set_timeout(c: &Client, ms: i32, local: bool) -> Result<(), tokio_postg
     )
     .await?;
     Ok(())
-}
-
-/// Runs the planned work; inside a transaction when `c` has one open.
-async fn execute(c: &Client, plan: &Plan) -> Result<TaskResult, tokio_postgres::Error> {
-    match plan {
-        Plan::Raw { sql, types } => {
-            let msgs = c.simple_query(sql).await?;
-            Ok(TaskResult::from_messages(&msgs, types.as_ref()))
-        }
-        Plan::Query { sql, params, shape } => {
-            // A cursor gets the values bound as parameters and still returns them as text.
-            c.execute(
-                &format!("declare {CURSOR} no scroll cursor for {sql}"),
-                &refs(params),
-            )
-            .await?;
-            let msgs = c.simple_query(&format!("fetch all from {CURSOR}")).await?;
-            c.batch_execute(&format!("close {CURSOR}")).await?;
-            Ok(TaskResult::from_messages(&msgs, Some(shape)))
-        }
-        Plan::Modify { sql, params } => {
-            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-                .iter()
-                .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-                .collect();
-            Ok(TaskResult::count(c.execute_typed(sql, &typed).await?))
-        }
-    }
-}
-
-fn refs(params: &[String]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
 /// Records the task's outcome (and result) if it is still unfinished; an oversized result

@@ -18,7 +18,22 @@ const INSTALL_LOCK_KEY: i64 = 0x7067_6661_6e00;
 const PGQ_ROLES: [&str; 3] = ["pgq_reader", "pgq_writer", "pgq_admin"];
 
 /// The roles pgfan's own grants (sql/pgfan/grants.sql) go to, on a master.
-const PGFAN_ROLES: [&str; 3] = ["pgfan_producer", "pgfan_operator", "pgfan_node"];
+const PGFAN_ROLES: [&str; 6] = [
+    "pgfan_producer",
+    "pgfan_operator",
+    "pgfan_node",
+    "pgfan_ticker",
+    "pgfan_relay",
+    "pgfan_reducer",
+];
+
+/// The PgQ role each master daemon's role must be a member of (sql/pgfan/grants.sql):
+/// without it the daemon cannot run on that role.
+const DAEMON_MEMBERSHIPS: [(&str, &str); 3] = [
+    ("pgfan_ticker", "pgq_admin"),
+    ("pgfan_relay", "pgq_reader"),
+    ("pgfan_reducer", "pgq_reader"),
+];
 
 /// What kind of database is being prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,8 +92,9 @@ pub struct Report {
     pub components: Vec<(String, Outcome)>,
     /// False when the pgq roles could not be created, so their grants were skipped.
     pub roles_granted: bool,
-    /// False when a master's pgfan roles could not be created (no CREATEROLE), so only
-    /// the owner can use pgfan there.
+    /// False when a master's pgfan roles could not be created (no CREATEROLE), or its
+    /// daemon roles could not be made members of their PgQ roles, so only the owner can
+    /// use pgfan (or run its daemons) there.
     pub pgfan_roles_granted: bool,
 }
 
@@ -114,7 +130,7 @@ impl fmt::Display for Report {
             writeln!(f, "note: roles pgq_reader/pgq_writer/pgq_admin are missing and could not be created; their grants were skipped")?;
         }
         if !self.pgfan_roles_granted {
-            writeln!(f, "note: roles pgfan_producer/pgfan_operator/pgfan_node are missing and could not be created; their grants were skipped")?;
+            writeln!(f, "note: roles pgfan_producer/pgfan_operator/pgfan_node/pgfan_ticker/pgfan_relay/pgfan_reducer (or the daemon roles' memberships in pgq_admin/pgq_reader) are missing and could not be created; their grants were skipped")?;
         }
         Ok(())
     }
@@ -134,7 +150,8 @@ pub async fn install(client: &mut Client, role: Role) -> Result<Report, InstallE
         components.push((name.to_string(), install_component(&tx, name).await?));
     }
     let roles_granted = pgq_roles_exist(&tx).await?;
-    let pgfan_roles_granted = role != Role::Master || roles_exist(&tx, &PGFAN_ROLES).await?;
+    let pgfan_roles_granted = role != Role::Master
+        || (roles_exist(&tx, &PGFAN_ROLES).await? && daemon_memberships_exist(&tx).await?);
     tx.commit().await?;
     Ok(Report {
         components,
@@ -227,6 +244,25 @@ async fn roles_exist(tx: &Transaction<'_>, names: &[&str]) -> Result<bool, Insta
     let roles: Vec<String> = names.iter().map(|r| r.to_string()).collect();
     let row = tx
         .query_one("select count(*) = cardinality($1::text[]) from pg_catalog.pg_roles where rolname = any($1)", &[&roles])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Whether every daemon role is a member of the PgQ role it needs.
+async fn daemon_memberships_exist(tx: &Transaction<'_>) -> Result<bool, InstallError> {
+    let (members, groups): (Vec<String>, Vec<String>) = DAEMON_MEMBERSHIPS
+        .iter()
+        .map(|(m, g)| (m.to_string(), g.to_string()))
+        .unzip();
+    let row = tx
+        .query_one(
+            "select count(*) = cardinality($1::text[])
+               from unnest($1::text[], $2::text[]) u(m, g)
+               join pg_catalog.pg_roles rm on rm.rolname = u.m
+               join pg_catalog.pg_roles rg on rg.rolname = u.g
+              where pg_catalog.pg_has_role(rm.oid, rg.oid, 'member')",
+            &[&members, &groups],
+        )
         .await?;
     Ok(row.get(0))
 }

@@ -1,9 +1,10 @@
-//! TLS for every connection: libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
+//! TLS for every connection: libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+//! `sslcrl` and `sslcrldir`.
 //!
 //! tokio-postgres knows only `sslmode` disable/prefer/require and rejects the other keys, so
 //! they are taken out of the connection string here (also from `PGSSLMODE`,
-//! `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, as libpq reads them) and turned into an
-//! OpenSSL connector:
+//! `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLCRL`, `PGSSLCRLDIR`, as libpq reads
+//! them) and turned into an OpenSSL connector:
 //!
 //! - `disable`: no TLS; `prefer` (the default): TLS when the server offers it, unverified;
 //!   `require`: TLS or no connection, unverified;
@@ -12,11 +13,21 @@
 //!
 //! The root certificate defaults to `~/.postgresql/root.crt`, as in libpq. A client
 //! certificate is presented when `sslcert` and `sslkey` are both given.
+//!
+//! Revocation, as in libpq, only where the server's certificate is verified: the CRLs of
+//! `sslcrl` (a PEM file, default `~/.postgresql/root.crl` when that exists) and of
+//! `sslcrldir` (a directory prepared with `openssl rehash`) are loaded into the verifier's
+//! store and checked for every certificate of the chain, so a revoked server certificate,
+//! or one whose issuer has no CRL there, is refused. Unlike libpq, which skips a CRL file
+//! or directory it cannot find, a named one that does not exist is an error: a mistyped
+//! path must not turn revocation checking off unnoticed.
 
 use std::path::PathBuf;
 
 use openssl::error::ErrorStack;
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::ssl::{SslConnector, SslConnectorBuilder, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::x509::store::X509Lookup;
+use openssl::x509::verify::X509VerifyFlags;
 use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::config::SslMode;
 
@@ -59,6 +70,10 @@ pub struct Settings {
     pub root_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `sslcrl`: a PEM file of certificate revocation lists.
+    pub crl: Option<PathBuf>,
+    /// `sslcrldir`: a directory of CRLs named by hash (`openssl rehash`).
+    pub crl_dir: Option<PathBuf>,
 }
 
 /// Why the TLS settings cannot be used.
@@ -68,12 +83,29 @@ pub enum TlsError {
     Mode(String),
     #[error("root certificate file {0:?} does not exist; either provide the file or change sslmode to disable server certificate verification")]
     NoRootCert(PathBuf),
+    #[error("{setting} {path:?} does not exist; provide it or remove {setting} (certificate revocation is checked only with the CRLs it names)")]
+    NoCrl {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    #[error("{setting} {path:?} is not valid UTF-8, which OpenSSL needs here")]
+    CrlPath {
+        setting: &'static str,
+        path: PathBuf,
+    },
     #[error("TLS setup: {0}")]
     OpenSsl(#[from] ErrorStack),
 }
 
 /// Keys of the connection string this module handles instead of tokio-postgres.
-const KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl"];
+const KEYS: [&str; 6] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslcrldir",
+];
 
 /// Splits `conninfo` (keyword/value form, or a `postgresql://` URI with the settings as
 /// query parameters) into what tokio-postgres parses and the TLS settings.
@@ -83,6 +115,8 @@ pub fn split(conninfo: &str) -> Result<(String, Settings), TlsError> {
     let mut root_cert = pick("PGSSLROOTCERT");
     let mut cert = pick("PGSSLCERT");
     let mut key = pick("PGSSLKEY");
+    let mut crl = pick("PGSSLCRL");
+    let mut crl_dir = pick("PGSSLCRLDIR");
     let uri = conninfo.trim_start().contains("://");
     let (found, rest) = if uri {
         uri_pairs(conninfo)
@@ -104,6 +138,8 @@ pub fn split(conninfo: &str) -> Result<(String, Settings), TlsError> {
             "sslrootcert" => root_cert = Some(v),
             "sslcert" => cert = Some(v),
             "sslkey" => key = Some(v),
+            "sslcrl" => crl = Some(v).filter(|v| !v.is_empty()),
+            "sslcrldir" => crl_dir = Some(v).filter(|v| !v.is_empty()),
             _ => {}
         }
     }
@@ -118,6 +154,8 @@ pub fn split(conninfo: &str) -> Result<(String, Settings), TlsError> {
             root_cert: root_cert.map(PathBuf::from),
             cert: cert.map(PathBuf::from),
             key: key.map(PathBuf::from),
+            crl: crl.map(PathBuf::from),
+            crl_dir: crl_dir.map(PathBuf::from),
         },
     ))
 }
@@ -131,6 +169,7 @@ pub fn connector(settings: &Settings) -> Result<MakeTlsConnector, TlsError> {
         if !root.exists() {
             return Err(TlsError::NoRootCert(root));
         }
+        load_crls(&mut builder, settings)?;
         builder.set_ca_file(&root)?;
         builder.set_verify(SslVerifyMode::PEER);
     } else {
@@ -151,11 +190,62 @@ pub fn connector(settings: &Settings) -> Result<MakeTlsConnector, TlsError> {
     Ok(connector)
 }
 
+/// Loads the CRLs of `sslcrl` / `sslcrldir` (or the default `~/.postgresql/root.crl` when it
+/// exists) into the verifier's store and turns revocation checking on for the whole chain,
+/// as libpq does (`X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL`).
+fn load_crls(builder: &mut SslConnectorBuilder, settings: &Settings) -> Result<(), TlsError> {
+    let default = Some(default_postgresql_file("root.crl")).filter(|p| p.exists());
+    let file = match (&settings.crl, &default) {
+        (Some(path), _) => Some(existing("sslcrl", path)?),
+        (None, Some(path)) => Some(existing("sslcrl", path)?),
+        (None, None) => None,
+    };
+    let dir = match &settings.crl_dir {
+        Some(path) => Some(existing("sslcrldir", path)?),
+        None => None,
+    };
+    if file.is_none() && dir.is_none() {
+        return Ok(());
+    }
+    let store = builder.cert_store_mut();
+    if let Some(file) = file {
+        store
+            .add_lookup(X509Lookup::file())?
+            .load_crl_file(file, SslFiletype::PEM)?;
+    }
+    if let Some(dir) = dir {
+        store
+            .add_lookup(X509Lookup::hash_dir())?
+            .add_dir(dir, SslFiletype::PEM)?;
+    }
+    store.set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)?;
+    Ok(())
+}
+
+/// `path` as the UTF-8 text OpenSSL's lookups take, if it exists.
+fn existing<'a>(setting: &'static str, path: &'a std::path::Path) -> Result<&'a str, TlsError> {
+    if !path.exists() {
+        return Err(TlsError::NoCrl {
+            setting,
+            path: path.to_path_buf(),
+        });
+    }
+    path.to_str().ok_or_else(|| TlsError::CrlPath {
+        setting,
+        path: path.to_path_buf(),
+    })
+}
+
 fn default_root_cert() -> PathBuf {
+    default_postgresql_file("root.crt")
+}
+
+/// `~/.postgresql/<name>`, where libpq looks for its TLS files by default.
+fn default_postgresql_file(name: &str) -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    home.join(".postgresql").join("root.crt")
+    home.join(".postgresql").join(name)
 }
 
 /// The TLS settings among a URI's query parameters (percent-decoded), and the URI without
@@ -279,6 +369,29 @@ mod tests {
         assert_eq!(cfg.get_dbname(), Some("app"));
         let (rest, s) = split("postgres://h/d?sslmode=disable").unwrap();
         assert_eq!((rest.as_str(), s.mode), ("postgres://h/d", Mode::Disable));
+    }
+
+    #[test]
+    fn crl_settings_are_taken_out() {
+        let (rest, s) =
+            split("host=h sslmode=verify-full sslcrl=/etc/pg/root.crl sslcrldir=/etc/pg/crl")
+                .unwrap();
+        assert_eq!(s.crl, Some(PathBuf::from("/etc/pg/root.crl")));
+        assert_eq!(s.crl_dir, Some(PathBuf::from("/etc/pg/crl")));
+        assert_eq!(rest, "host='h'");
+    }
+
+    #[test]
+    fn a_named_crl_that_does_not_exist_is_refused() {
+        let (_, mut s) = split("sslmode=verify-ca sslcrl=/nonexistent/root.crl").unwrap();
+        s.root_cert = Some(PathBuf::from("/dev/null"));
+        assert!(matches!(
+            connector(&s),
+            Err(TlsError::NoCrl {
+                setting: "sslcrl",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -10,6 +10,11 @@
 -- nothing to cancel). Every other job goes
 -- through complete_job, one at a time, in job id order after the fast ones. Jobs are
 -- locked first, in id order, like complete_job locks each.
+-- SECURITY DEFINER: the reducer's door (pgfan_reducer has no right on pgfan's tables), so
+-- reduce SQL runs with the owner's rights whichever login runs the reducer. Its search_path
+-- is pinned to the owner's schema and public, with pg_temp last, so that the calling login
+-- cannot put objects of its own (a temporary view, say) in the way of a name the reduce SQL
+-- uses; the reduce SQL sees the same names as when the owner ran the reducer.
 create or replace function pgfan.complete_jobs(i_job_ids bigint[])
 returns table (job_id bigint, state text) as $$
 declare
@@ -54,4 +59,5 @@ begin
         end if;
     end loop;
 end;
-$$ language plpgsql;
+$$ language plpgsql security definer
+set search_path = "$user", public, pg_temp;

@@ -4,6 +4,11 @@
 -- how far it got ("timeout: 2 of 3 tasks done"), recorded as a dead letter too, and its
 -- open tasks are cancelled. The reducer calls this periodically. Returns the number of
 -- jobs ended.
+-- SECURITY DEFINER: the reducer's door (pgfan_reducer has no right on pgfan's tables), so
+-- reduce SQL runs with the owner's rights whichever login runs the reducer. Its search_path
+-- is pinned to the owner's schema and public, with pg_temp last, so that the calling login
+-- cannot put objects of its own (a temporary view, say) in the way of a name the reduce SQL
+-- uses; the reduce SQL sees the same names as when the owner ran the reducer.
 create or replace function pgfan.expire_jobs()
 returns integer as $$
 declare
@@ -30,4 +35,5 @@ begin
     end loop;
     return v_n;
 end;
-$$ language plpgsql;
+$$ language plpgsql security definer
+set search_path = "$user", public, pg_temp;

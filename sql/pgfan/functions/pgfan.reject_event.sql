@@ -6,6 +6,7 @@
 -- learns why. The batch goes on: one bad event never blocks the others. Returns the job id.
 -- Only a job not yet routed is failed: an event naming a job that is already running (a
 -- replayed or repeated submit event) is dead-lettered without touching the job's work.
+-- SECURITY DEFINER: the relay's door (pgfan_relay has no right on pgfan's tables).
 create or replace function pgfan.reject_event(
     i_queue text, i_ev_id bigint, i_kind text, i_data text, i_target text,
     i_job_id bigint, i_error text)
@@ -32,5 +33,5 @@ begin
     end if;
     return v_job;
 end;
-$$ language plpgsql
+$$ language plpgsql security definer
 set search_path = pg_catalog, pg_temp;

@@ -7,6 +7,8 @@
 -- the raw form, whose job is made (or found again, on redelivery) by job_from_event.
 -- Lanes: i_lane for every task, else with i_parallel one of that many lanes per job
 -- ('<job>:<n>'), else none. Returns the job id.
+-- SECURITY DEFINER: the relay's door (pgfan_relay needs no right on pgfan's tables or
+-- queues); a raw event's reduce SQL is checked by job_from_event.
 create or replace function pgfan.route_event(
     i_source text, i_ev_id bigint, i_job bigint, i_kind text, i_target text, i_params jsonb,
     i_reduce text, i_policy text, i_timeout interval, i_payloads text[], i_lane text,
@@ -30,5 +32,5 @@ begin
     perform pgfan.route_job(v_job, i_payloads, v_lanes, i_options);
     return v_job;
 end;
-$$ language plpgsql
+$$ language plpgsql security definer
 set search_path = pg_catalog, pg_temp;

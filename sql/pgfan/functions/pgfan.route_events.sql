@@ -13,6 +13,8 @@
 -- tasks routed just before it, which a set statement cannot see).
 -- One call per batch instead of one per event, each making several statements: routing
 -- was the largest cost on the master (pg_stat_statements, delivery bench).
+-- SECURITY DEFINER: the relay's door (pgfan_relay needs no right on pgfan's tables or
+-- queues); raw events' reduce SQL is checked first (pgfan.check_raw_reduce).
 create or replace function pgfan.route_events(
     i_source text, i_ev_ids bigint[], i_jobs bigint[], i_kinds text[], i_targets text[],
     i_params jsonb[], i_reduces text[], i_policies text[], i_timeouts interval[],
@@ -25,6 +27,10 @@ begin
     if 'any' = any(i_targets) then
         raise exception 'pgfan: target any is routed event by event';
     end if;
+    perform pgfan.check_raw_reduce(i_source, coalesce(array_agg(u.ev_id), '{}'),
+                                   coalesce(array_agg(u.reduce), '{}'))
+       from unnest(i_ev_ids, i_jobs, i_reduces) u(ev_id, job, reduce)
+      where u.job is null;
     with raw as (
         insert into pgfan.job (kind, target, params, reduce, policy, deadline, submitted_by,
                                source_queue, source_ev_id)
@@ -90,5 +96,5 @@ begin
      where j.job_id = c.job_id and queued.n >= 0;
     return v_jobs;
 end;
-$$ language plpgsql
+$$ language plpgsql security definer
 set search_path = pg_catalog, pg_temp;

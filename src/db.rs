@@ -73,12 +73,24 @@ pub struct Session {
 /// `~/.pgpass`; TLS as libpq's `sslmode` says, see [`crate::tls`]); the connection task
 /// ends when the client is dropped or the server goes away.
 pub async fn connect(conninfo: &str) -> Result<Session, tokio_postgres::Error> {
+    connect_as(conninfo, None).await
+}
+
+/// [`connect`] as `user` instead of the connection string's user (the password, if any,
+/// then comes from the passfile entry of that user).
+pub async fn connect_as(
+    conninfo: &str,
+    user: Option<&str>,
+) -> Result<Session, tokio_postgres::Error> {
     let (rest, tls) = match crate::tls::split(conninfo) {
         Ok(split) => split,
         Err(err) => return Err(tls_error(err).await),
     };
     let mut cfg: tokio_postgres::Config = rest.parse()?;
     cfg.ssl_mode(tls.mode.ssl_mode());
+    if let Some(user) = user {
+        cfg.user(user);
+    }
     crate::passfile::apply(&mut cfg);
     default_keepalives(conninfo, &mut cfg);
     let connector = match crate::tls::connector(&tls) {

@@ -8,6 +8,9 @@
 -- Everything is idempotent because `pgfan install` re-runs this file on every upgrade.
 
 create schema if not exists pgfan_node;
+-- Task logins reach the schema's doors (task_begin, task_finish: key-checked) and nothing
+-- else: its tables grant nothing to anyone but the owner.
+grant usage on schema pgfan_node to public;
 
 create table if not exists pgfan_node.task (
     task_id     bigint primary key,
@@ -32,6 +35,16 @@ create table if not exists pgfan_node.task (
     finished_at timestamptz,
     shipped_at  timestamptz
 );
+
+-- A task's run key: a secret between the daemon (which reads it as the owner) and the task
+-- connection it hands the task to, which must show it at the doors task_begin/task_finish.
+-- Task SQL runs as a login with no rights on this table, so it cannot learn another
+-- task's key and cannot start or finish another task.
+alter table pgfan_node.task
+    add column if not exists run_key text not null default pg_catalog.gen_random_uuid()::text;
+-- the transaction a transactional run started in (task_begin), compared by task_finish:
+-- a task that ended that transaction itself is caught there
+alter table pgfan_node.task add column if not exists run_xid bigint;
 
 -- the executor's work list: unfinished tasks, and per lane in task order
 create index if not exists task_unfinished_idx on pgfan_node.task (task_id)

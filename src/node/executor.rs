@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client};
 
+use super::batch;
 use super::worker::{self, Finished, Intent, Outcome, SharedIntent, Task};
 use super::NodeConfig;
 use crate::outage::Outage;
@@ -42,9 +43,17 @@ pub enum Command {
     Drain(Instant),
 }
 
+/// A running worker: one task, or a batch of copy tasks in one transaction.
 struct Busy {
+    tasks: Vec<i64>,
     intent: SharedIntent,
     cancel: CancelToken,
+}
+
+impl Busy {
+    fn batch(&self) -> bool {
+        self.tasks.len() > 1
+    }
 }
 
 /// The executor of one node.
@@ -56,9 +65,10 @@ pub struct Executor {
     /// takes a task only while it is still claimed (cancelled or done meanwhile: skipped),
     /// and a lane's next task is not in here until its predecessor has finished.
     ready: VecDeque<Task>,
-    busy: HashMap<i64, Busy>,
+    busy: HashMap<tokio::task::Id, Busy>,
     running: JoinSet<Finished>,
-    workers_of: HashMap<tokio::task::Id, i64>,
+    /// The worker running each busy task.
+    worker_of: HashMap<i64, tokio::task::Id>,
     lost: HashMap<i64, u32>,
     /// Woken by the claim handler.
     wake: Arc<Notify>,
@@ -81,7 +91,7 @@ impl Executor {
             ready: VecDeque::new(),
             busy: HashMap::new(),
             running: JoinSet::new(),
-            workers_of: HashMap::new(),
+            worker_of: HashMap::new(),
             lost: HashMap::new(),
             wake,
             ship,
@@ -89,21 +99,23 @@ impl Executor {
         }
     }
 
-    /// Runs until drained (see [`Command::Drain`]) or until the command channel closes.
-    pub async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) {
+    /// Runs until drained (see [`Command::Drain`]) or until the command channel closes;
+    /// Err when tasks must not run at all (a `task_role` that could reach the daemon's rights).
+    pub async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Command>) -> Result<(), String> {
         let mut drain: Option<Instant> = None;
         let mut abandoned: Option<Instant> = None;
         let mut retry_at = Instant::now();
         let mut closed = false;
         loop {
             if drain.is_none() && Instant::now() >= retry_at {
-                retry_at = self.fill_or_back_off().await;
+                retry_at = self.fill_or_back_off().await?;
             }
             if drain.is_some() && self.busy.is_empty() {
-                return;
+                return Ok(());
             }
             let node = self.cfg.borrow().name.clone();
-            metrics::gauge!("pgfan_node_tasks_running", "node" => node).set(self.busy.len() as f64);
+            metrics::gauge!("pgfan_node_tasks_running", "node" => node)
+                .set(self.worker_of.len() as f64);
             let poll = Instant::now() + self.cfg.borrow().poll_period;
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
@@ -123,25 +135,26 @@ impl Executor {
                     abandoned = Some(Instant::now() + ABANDON_GRACE);
                 }
                 _ = tokio::time::sleep_until(abandoned.unwrap_or(far)), if abandoned.is_some() => {
-                    tracing::warn!(tasks = self.busy.len(), "Workers did not return after their cancel; dropping them");
+                    tracing::warn!(tasks = self.worker_of.len(), "Workers did not return after their cancel; dropping them");
                     self.running.abort_all();
-                    return;
+                    return Ok(());
                 }
             }
         }
     }
 
     /// Starts what can run; after a database error returns when to try again.
-    async fn fill_or_back_off(&mut self) -> Instant {
+    async fn fill_or_back_off(&mut self) -> Result<Instant, String> {
         match self.fill().await {
             Ok(()) => {
                 self.outage.recovered();
-                Instant::now()
+                Ok(Instant::now())
             }
-            Err(err) => {
+            Err(FillError::Db(err)) => {
                 self.control = None;
-                Instant::now() + self.outage.failed(&err)
+                Ok(Instant::now() + self.outage.failed(&err))
             }
+            Err(FillError::Unsafe(msg)) => Err(msg),
         }
     }
 
@@ -154,26 +167,32 @@ impl Executor {
         Ok(self.control.insert(client))
     }
 
-    /// A pooled connection, or a new one.
-    async fn connection(&mut self) -> Result<Client, tokio_postgres::Error> {
+    /// A pooled task connection, or a new one (logged in as `task_role`, when set).
+    async fn connection(&mut self) -> Result<Client, FillError> {
         while let Some(c) = self.idle.pop() {
             if !c.is_closed() {
                 return Ok(c);
             }
         }
-        let conninfo = self.cfg.borrow().db.clone();
-        crate::db::connect_client(&conninfo).await
+        let cfg = self.cfg.borrow().clone();
+        let client = crate::db::connect_as(&cfg.db, cfg.task_role.as_deref())
+            .await?
+            .client;
+        if let Some(role) = &cfg.task_role {
+            check_task_login(&client, role).await?;
+        }
+        Ok(client)
     }
 
-    async fn fill(&mut self) -> Result<(), tokio_postgres::Error> {
+    async fn fill(&mut self) -> Result<(), FillError> {
         let cfg = self.cfg.borrow().clone();
         let free = cfg.workers.saturating_sub(self.busy.len());
         if free == 0 {
             return Ok(());
         }
         if self.ready.len() < free {
-            let busy: Vec<i64> = self.busy.keys().copied().collect();
-            let limit = (cfg.workers * READ_AHEAD).max(free) as i32;
+            let busy: Vec<i64> = self.worker_of.keys().copied().collect();
+            let limit = (cfg.workers * READ_AHEAD).max(batch::MAX_TASKS) as i32;
             let rows = self
                 .control()
                 .await?
@@ -184,40 +203,83 @@ impl Executor {
                 .await?;
             self.ready = rows.iter().map(Task::from_row).collect();
         }
-        for _ in 0..free {
-            let Some(task) = self.ready.pop_front() else {
+        for left in (1..=free).rev() {
+            let tasks = self.next_work(left);
+            if tasks.is_empty() {
                 break;
+            }
+            let client = match self.connection().await {
+                Ok(c) => c,
+                Err(err) => {
+                    // Not started: back at the front, in order.
+                    for t in tasks.into_iter().rev() {
+                        self.ready.push_front(t);
+                    }
+                    return Err(err);
+                }
             };
-            let client = self.connection().await?;
-            self.start(client, task, cfg.clone());
+            self.start(client, tasks, cfg.clone());
         }
         Ok(())
     }
 
-    fn start(&mut self, client: Client, task: Task, cfg: Arc<NodeConfig>) {
-        let task_id = task.task_id;
-        tracing::debug!(task_id, lane = ?task.lane, tx = task.tx, "Task started");
+    /// What the next free worker runs: the first ready task, and if it can run in a batch,
+    /// the other batchable ready tasks too, shared fairly among the `free` workers (so a
+    /// burst keeps every connection busy) up to a batch's size. A lane's tasks never meet
+    /// in one batch: a lane's next task is not ready until its predecessor finished.
+    fn next_work(&mut self, free: usize) -> Vec<Task> {
+        let Some(first) = self.ready.pop_front() else {
+            return Vec::new();
+        };
+        if !batch::batchable(&first) {
+            return vec![first];
+        }
+        let batchable = 1 + self.ready.iter().filter(|t| batch::batchable(t)).count();
+        let size = batchable.div_ceil(free).min(batch::MAX_TASKS);
+        let mut tasks = vec![first];
+        let mut rest = VecDeque::with_capacity(self.ready.len());
+        while let Some(t) = self.ready.pop_front() {
+            if tasks.len() < size && batch::batchable(&t) {
+                tasks.push(t);
+            } else {
+                rest.push_back(t);
+            }
+        }
+        self.ready = rest;
+        tasks
+    }
+
+    fn start(&mut self, client: Client, tasks: Vec<Task>, cfg: Arc<NodeConfig>) {
         let intent = SharedIntent::default();
         let cancel = client.cancel_token();
-        let handle = self
-            .running
-            .spawn(worker::run(client, task, cfg, intent.clone()));
-        self.workers_of.insert(handle.id(), task_id);
-        self.busy.insert(task_id, Busy { intent, cancel });
+        let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
+        let handle = if tasks.len() == 1 && !batch::batchable(&tasks[0]) {
+            let task = tasks.into_iter().next().expect("one task");
+            tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
+            self.running
+                .spawn(worker::run(client, task, cfg, intent.clone()))
+        } else {
+            tracing::debug!(tasks = ids.len(), first = ids[0], "Batch started");
+            self.running
+                .spawn(batch::run(client, tasks, cfg, intent.clone()))
+        };
+        for id in &ids {
+            self.worker_of.insert(*id, handle.id());
+        }
+        let busy = Busy {
+            tasks: ids,
+            intent,
+            cancel,
+        };
+        self.busy.insert(handle.id(), busy);
     }
 
     async fn finished(&mut self, done: Result<(tokio::task::Id, Finished), JoinError>) {
-        let f = match done {
-            Ok((id, f)) => {
-                self.workers_of.remove(&id);
-                f
-            }
+        let (id, f) = match done {
+            Ok(done) => done,
             Err(err) => {
-                let task_id = self.workers_of.remove(&err.id());
-                if let Some(id) = task_id {
-                    self.busy.remove(&id);
-                }
-                tracing::error!(task_id = ?task_id, error = %err, "Task worker ended abnormally");
+                let tasks = self.forget(err.id()).map(|b| b.tasks);
+                tracing::error!(tasks = ?tasks, error = %err, "Task worker ended abnormally");
                 return;
             }
         };
@@ -225,22 +287,41 @@ impl Executor {
         // arriving after this task ended, it would cancel the next task the connection runs
         // (which would then fail). So a connection that may have one in flight is closed.
         let cancel_sent = self
-            .busy
-            .remove(&f.task_id)
+            .forget(id)
             .is_some_and(|b| b.intent.get() != Intent::Run);
         if let Some(c) = f.client.filter(|_| !cancel_sent) {
             if self.idle.len() + self.busy.len() < self.cfg.borrow().workers {
                 self.idle.push(c);
             }
         }
-        match f.outcome {
+        for (task_id, outcome) in f.outcomes {
+            self.settle(task_id, outcome).await;
+        }
+    }
+
+    /// The worker `id` ended: its entry, and its tasks are no longer busy.
+    fn forget(&mut self, id: tokio::task::Id) -> Option<Busy> {
+        let busy = self.busy.remove(&id)?;
+        for t in &busy.tasks {
+            self.worker_of.remove(t);
+        }
+        Some(busy)
+    }
+
+    async fn settle(&mut self, task_id: i64, outcome: Outcome) {
+        match outcome {
+            Outcome::Broken(msg) => {
+                self.lost.remove(&task_id);
+                tracing::warn!(task_id, error = %msg, "Task failed; its connection was closed");
+                self.record(&[task_id], "failed", &msg).await;
+            }
             Outcome::Recorded(state) => {
-                self.lost.remove(&f.task_id);
-                tracing::debug!(task_id = f.task_id, state, "Task finished");
+                self.lost.remove(&task_id);
+                tracing::debug!(task_id, state, "Task finished");
                 self.count_final(state, 1);
                 self.ship.notify_one();
             }
-            Outcome::Lost => self.count_lost(f.task_id).await,
+            Outcome::Lost => self.count_lost(task_id).await,
             Outcome::Skipped | Outcome::Left => {}
         }
     }
@@ -285,10 +366,18 @@ impl Executor {
     }
 
     /// Cancels running tasks through their connection; records waiting ones as cancelled.
+    /// A task in a running batch is left to finish: cancelling its statement would roll
+    /// back the whole batch; its late result is handled on the master like any late one.
     async fn cancel(&mut self, ids: &[i64]) {
         let mut waiting = Vec::new();
         for id in ids {
-            match self.busy.get(id) {
+            match self.worker_of.get(id).and_then(|w| self.busy.get(w)) {
+                Some(b) if b.batch() => {
+                    tracing::info!(
+                        task_id = id,
+                        "A cancelled task runs in a batch; it completes"
+                    );
+                }
                 Some(b) => {
                     tracing::info!(task_id = id, "Cancelling a running task");
                     b.intent.set(Intent::Cancel);
@@ -319,7 +408,7 @@ impl Executor {
             return;
         }
         tracing::warn!(
-            tasks = ?self.busy.keys().collect::<Vec<_>>(),
+            tasks = ?self.worker_of.keys().collect::<Vec<_>>(),
             "Stop timeout reached; cancelling running tasks, they run again after the restart"
         );
         let conninfo = self.cfg.borrow().db.clone();
@@ -330,6 +419,50 @@ impl Executor {
             send_cancel(&conninfo, b.cancel.clone());
         }
     }
+}
+
+/// Why the executor could not start tasks.
+enum FillError {
+    Db(tokio_postgres::Error),
+    /// Tasks must not run: the task login could reach the daemon's rights.
+    Unsafe(String),
+}
+
+impl From<tokio_postgres::Error> for FillError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        FillError::Db(err)
+    }
+}
+
+/// Refuses a task login that could reach what task SQL must not: a superuser, a role that
+/// bypasses row security, or a member of the role owning `pgfan_node` (it could SET ROLE
+/// to it, then read run keys and rewrite the bookkeeping).
+async fn check_task_login(c: &Client, role: &str) -> Result<(), FillError> {
+    let row = c
+        .query_typed_one(
+            "select r.rolsuper, r.rolbypassrls,
+                    pg_catalog.pg_has_role(session_user, t.relowner, 'MEMBER'),
+                    t.relowner::regrole::text
+               from pg_catalog.pg_roles r, pg_catalog.pg_class t
+              where r.rolname = session_user and t.oid = 'pgfan_node.task'::regclass",
+            &[],
+        )
+        .await?;
+    let (superuser, bypass, member, owner): (bool, bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let why = if superuser {
+        "is a superuser".to_string()
+    } else if bypass {
+        "has BYPASSRLS".to_string()
+    } else if member {
+        format!("is {owner}, the owner of pgfan_node, or a member of it")
+    } else {
+        return Ok(());
+    };
+    Err(FillError::Unsafe(format!(
+        "task_role {role} {why}: task SQL could reach the daemon's rights and bookkeeping; \
+         give tasks a login of their own with only the rights they need"
+    )))
 }
 
 /// Asks the server to cancel the statement running on a worker's connection (over TLS when

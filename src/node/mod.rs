@@ -13,9 +13,11 @@
 //! exit at once (open transactions roll back). Reload = re-read and check the file, then
 //! swap allow-lists, periods and the pool size; on a bad file keep the running one.
 
+mod batch;
 pub mod claim;
 mod execute;
 pub mod executor;
+mod guard;
 mod heartbeat;
 pub mod payload;
 mod plan;
@@ -55,6 +57,8 @@ pub enum NodeError {
     Claim(#[from] ConsumerError),
     #[error("the node {0} ended unexpectedly")]
     Ended(&'static str),
+    #[error("refusing to run tasks: {0}")]
+    Unsafe(String),
 }
 
 /// The claim consumer, restartable on reload.
@@ -99,7 +103,7 @@ struct Daemon {
     wake: Arc<Notify>,
     claim: Claim,
     commands: mpsc::UnboundedSender<Command>,
-    executor: JoinSet<()>,
+    executor: JoinSet<Result<(), String>>,
     background_stop: watch::Sender<bool>,
     background: JoinSet<()>,
 }
@@ -191,6 +195,7 @@ pub async fn run(
         node = %cfg.name,
         workers = cfg.workers,
         allow_sql = cfg.allow_sql,
+        task_login = cfg.task_role.as_deref().unwrap_or("the daemon's own (tasks are trusted)"),
         "Node started"
     );
     let mut daemon = Daemon::start(cfg);
@@ -224,7 +229,15 @@ pub async fn run(
                 let _ = daemon.drain().await;
                 return Err(err);
             }
-            Some(_) = daemon.executor.join_next() => return Err(NodeError::Ended("executor")),
+            Some(ended) = daemon.executor.join_next() => {
+                let err = match ended {
+                    Ok(Err(msg)) => NodeError::Unsafe(msg),
+                    _ => NodeError::Ended("executor"),
+                };
+                tracing::error!(error = %err, "Executing tasks stopped; draining the node");
+                let _ = daemon.drain().await;
+                return Err(err);
+            }
             Some(_) = daemon.background.join_next() => return Err(NodeError::Ended("shipper or heartbeat")),
         }
     }

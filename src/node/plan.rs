@@ -6,6 +6,8 @@
 //! (`regproc`/`regclass` output, `quote_ident`, `format_type`) while every value is bound as
 //! a text parameter (call arguments) or as one JSON parameter (copy rows).
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -49,13 +51,32 @@ fn refuse(msg: String) -> PlanError {
     PlanError::Refused(msg)
 }
 
-/// Plans `work` on the node connection `c` (catalog reads only; nothing is executed).
-pub async fn plan(c: &Client, cfg: &NodeConfig, work: &Work) -> Result<Plan, PlanError> {
+/// Copy tables as the catalog described them, for the tasks of one batch: a batch of
+/// copies into one table reads the catalog once. Kept no longer than a batch, so a table
+/// changed between batches is read afresh.
+#[derive(Default)]
+pub struct Tables(HashMap<String, Table>);
+
+/// Plans `work` on the node connection `c` (catalog reads only; nothing is executed);
+/// `tx`: it will run inside a transaction of the node's.
+pub async fn plan(c: &Client, cfg: &NodeConfig, work: &Work, tx: bool) -> Result<Plan, PlanError> {
+    plan_with(c, cfg, work, tx, &mut Tables::default()).await
+}
+
+/// [`plan`] with the copy tables already read for this batch.
+pub async fn plan_with(
+    c: &Client,
+    cfg: &NodeConfig,
+    work: &Work,
+    tx: bool,
+    tables: &mut Tables,
+) -> Result<Plan, PlanError> {
     match work {
         Work::Sql { sql } => {
             if !cfg.allow_sql {
                 return Err(refuse(format!("node {} does not accept raw SQL", cfg.name)));
             }
+            super::guard::check(sql, tx).map_err(refuse)?;
             Ok(Plan::Raw {
                 sql: sql.clone(),
                 types: describe(c, sql).await?,
@@ -66,7 +87,7 @@ pub async fn plan(c: &Client, cfg: &NodeConfig, work: &Work) -> Result<Plan, Pla
             action,
             table,
             columns,
-        } => plan_copy(c, cfg, *action, table.as_deref(), columns).await,
+        } => plan_copy(c, cfg, *action, table.as_deref(), columns, tables).await,
     }
 }
 
@@ -180,9 +201,16 @@ async fn plan_copy(
     action: Action,
     table: Option<&str>,
     values: &[(String, String)],
+    tables: &mut Tables,
 ) -> Result<Plan, PlanError> {
     let table = copy_table(cfg, table)?;
-    let t = load_table(c, cfg, table).await?;
+    if !tables.0.contains_key(table) {
+        let t = load_table(c, cfg, table).await?;
+        tables.0.insert(table.to_string(), t);
+    }
+    let Some(t) = tables.0.get(table) else {
+        return Err(refuse(format!("table {table} was not read")));
+    };
     let mut row = Map::new();
     let mut given = Vec::new();
     for (col, val) in values {
@@ -196,7 +224,7 @@ async fn plan_copy(
         given.push(quoted);
     }
     let params = vec![Value::Object(row).to_string()];
-    let sql = copy_sql(&t, action, &given, table)?;
+    let sql = copy_sql(t, action, &given, table)?;
     Ok(Plan::Modify { sql, params })
 }
 

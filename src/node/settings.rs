@@ -38,9 +38,10 @@ pub struct NodeConfig {
     /// Key column of copy updates and deletes. Default: the table's primary key.
     #[serde(default)]
     pub copy_key: Option<String>,
-    /// Role the tasks run as (`SET ROLE` on the node connection for the task, reset after),
-    /// so a task has that role's rights rather than those of the daemon's login, which
-    /// must be a member of it. Default: none (tasks run as the daemon's login).
+    /// Login the task connections use (with `db`'s other settings; its password from the
+    /// passfile), so task SQL has only that login's rights for its whole run. It must not
+    /// be a superuser or a member of the owner of `pgfan_node` (the daemon refuses to run
+    /// tasks otherwise). Default: none (tasks run as the daemon's login: trusted SQL only).
     #[serde(default)]
     pub task_role: Option<String>,
     /// Polling fallback for new tasks, cancellations and results to ship. Default 1 s.

@@ -6,6 +6,8 @@
 //! clusters start their own with `Cluster::start()` (dropped = removed, also on panic).
 #![allow(dead_code)]
 
+pub mod node_env;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 

@@ -46,6 +46,8 @@ pub struct Plan {
     pub expect: Vec<Expect>,
     /// Cancel the first job right after the commit; it may end cancelled instead of done.
     pub cancel: bool,
+    /// The jobs must fail with an error that says this (and leave no effect behind).
+    pub fails: Option<&'static str>,
 }
 
 impl Plan {
@@ -55,6 +57,7 @@ impl Plan {
             stmts,
             expect,
             cancel: false,
+            fails: None,
         }
     }
 }
@@ -78,7 +81,7 @@ pub struct Submission {
 fn plan(seq: i64, rng: &mut Rng) -> Plan {
     let node = NODES[rng.below(2) as usize];
     let sql = |s: String| vec![(s, false)];
-    match rng.below(10) {
+    match rng.below(11) {
         0 => Plan::new(
             "sql all, reduced",
             sql(format!(
@@ -174,6 +177,19 @@ fn plan(seq: i64, rng: &mut Rng) -> Plan {
             )),
             vec![Expect::IfDone(0, format!("k{seq}"))],
         ),
+        // Task SQL that would end the node's transaction is refused before it runs: its
+        // insert must appear nowhere (an unexpected effect would be reported).
+        9 => Plan {
+            fails: Some("cannot run COMMIT"),
+            ..Plan::new(
+                "sql all, transaction control refused",
+                sql(format!(
+                    "select pgfan.submit('all', $$insert into effects values ('r{seq}'); \
+                     commit; insert into effects values ('r{seq}')$$)"
+                )),
+                vec![],
+            )
+        },
         _ => Plan {
             cancel: true,
             ..Plan::new(

@@ -148,16 +148,30 @@ pub async fn verify(rig: &Rig, committed: &[&Submission]) -> Verdict {
     let mut non_tx: BTreeSet<(String, String)> = BTreeSet::new();
     let mut items: BTreeMap<(String, i32), &str> = BTreeMap::new();
     let mut lanes: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    let mut refused = Vec::new();
     for sub in committed {
         let jobs = job_ids(&m, sub).await;
+        if sub.plan.fails.is_some() {
+            refused.extend(&jobs);
+        }
         v.jobs += jobs.len();
         for job in &jobs {
-            let state: String = m
-                .query_one("select state from pgfan.job where job_id = $1", &[job])
+            let row = m
+                .query_one(
+                    "select state, coalesce(error, '') from pgfan.job where job_id = $1",
+                    &[job],
+                )
                 .await
-                .unwrap()
-                .get(0);
-            if state != "done" && !(sub.plan.cancel && state == "cancelled") {
+                .unwrap();
+            let (state, error): (String, String) = (row.get(0), row.get(1));
+            if let Some(needle) = sub.plan.fails {
+                if state != "failed" || !error.contains(needle) {
+                    v.unexpected.push(format!(
+                        "job {job} ({}) is {state} ({error}), not failed with {needle:?}",
+                        sub.plan.label
+                    ));
+                }
+            } else if state != "done" && !(sub.plan.cancel && state == "cancelled") {
                 v.lost
                     .push(format!("job {job} ({}) is {state}", sub.plan.label));
             }
@@ -226,7 +240,7 @@ pub async fn verify(rig: &Rig, committed: &[&Submission]) -> Verdict {
     compare_non_tx(rig, &non_tx, &mut v).await;
     compare_items(rig, &items, &mut v).await;
     compare_lanes(rig, &lanes, &mut v).await;
-    check_master(&m, &mut v).await;
+    check_master(&m, &refused, &mut v).await;
     v
 }
 
@@ -329,7 +343,9 @@ async fn compare_lanes(rig: &Rig, want: &BTreeMap<(String, String), Vec<i64>>, v
 
 /// Master-side bookkeeping: tasks all done, each done task's rows recorded once, no dead
 /// letters (nothing in this load is bad input).
-async fn check_master(m: &Client, v: &mut Verdict) {
+/// Everything on the master is finished as it should be; `refused`: jobs that must fail
+/// (their failed tasks and dead letters are expected).
+async fn check_master(m: &Client, refused: &[i64], v: &mut Verdict) {
     v.tasks = m
         .query_one("select count(*) from pgfan.task", &[])
         .await
@@ -339,6 +355,7 @@ async fn check_master(m: &Client, v: &mut Verdict) {
         .query(
             "select format('task %s of job %s is %s', task_id, job_id, state) from pgfan.task t
               where state <> 'done'
+                and not (state = 'failed' and job_id = any($1))
                 and not (state = 'cancelled'
                          and exists (select from pgfan.job j
                                       where j.job_id = t.job_id
@@ -349,8 +366,9 @@ async fn check_master(m: &Client, v: &mut Verdict) {
                from pgfan.task t
               where t.result_rows <> (select count(*) from pgfan.task_row r where r.task_id = t.task_id)
              union all
-             select format('dead letter %s: %s', dl_id, error) from pgfan.dead_letter",
-            &[],
+             select format('dead letter %s: %s', dl_id, error) from pgfan.dead_letter
+              where not coalesce(job_id = any($1), false)",
+            &[&refused],
         )
         .await
         .unwrap()

@@ -20,3 +20,6 @@ begin
 end;
 $$ language plpgsql
 set search_path = pg_catalog, pg_temp;
+
+-- the daemon's login only: task logins finish their task through task_finish
+revoke all on function pgfan_node.finish_task(bigint, text, text, jsonb) from public;

@@ -28,3 +28,5 @@ end;
 $$ language plpgsql stable
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_custom_plan;
+
+revoke all on function pgfan_node.runnable_tasks(bigint[], integer) from public;

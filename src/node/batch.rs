@@ -1,0 +1,234 @@
+//! Running a batch of transactional copy tasks in one node transaction.
+//!
+//! A copy task is one statement the node builds from the catalog, so most of its cost in
+//! a transaction of its own is fixed: the catalog lookup, taking the task, recording it,
+//! the commit, and a round trip for each. Here those are paid once per batch: the copy
+//! table is read once, the tasks are taken together (`task_begin_many`), each runs inside a
+//! savepoint of its own so that a failing one rolls back alone, all statements go out
+//! pipelined (one round trip, plus one per failure), and the results are recorded together
+//! (`task_finish_many`) in the same transaction as the effects, before one COMMIT: each
+//! effect still commits exactly once with its record.
+//!
+//! Only copy tasks are batched: their statements are the node's own, so nothing a task
+//! does can change the session the next task in the transaction sees. Tasks with a
+//! timeout, `tx=0` tasks and `sql`/`call` tasks run one by one ([`super::worker`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use super::payload::Work;
+use super::plan::{plan_with, Plan, PlanError, Tables};
+use super::result::{error_text, TaskResult};
+use super::worker::{lost, reset, Finished, Intent, Outcome, SharedIntent, Task};
+use super::NodeConfig;
+
+/// Most tasks in one batch: enough that fixed costs vanish, few enough that a batch stays
+/// a short transaction.
+pub const MAX_TASKS: usize = 200;
+
+/// Whether `task` can run in a batch.
+pub fn batchable(task: &Task) -> bool {
+    task.tx && task.kind == "copy" && task.timeout_ms.is_none()
+}
+
+/// One task of a batch and how far it got.
+struct Item {
+    task: Task,
+    plan: Result<Plan, String>,
+    result: Option<TaskResult>,
+}
+
+/// Runs `tasks` (all [`batchable`]) in one transaction on `client`, resets the session,
+/// and hands the connection back.
+pub async fn run(
+    client: Client,
+    tasks: Vec<Task>,
+    cfg: Arc<NodeConfig>,
+    intent: SharedIntent,
+) -> Finished {
+    let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
+    let outcome = match run_batch(&client, tasks, &cfg, &intent).await {
+        Ok(outcomes) => Ok(outcomes),
+        Err(err) if lost(&err) => {
+            tracing::warn!(tasks = ids.len(), error = %err, "Batch left to run again: node connection failed");
+            Err(Outcome::Lost)
+        }
+        Err(err) => Err(Outcome::Broken(format!(
+            "the batch's session failed outside the tasks' statements, so it was closed: {}",
+            error_text(&err)
+        ))),
+    };
+    match outcome {
+        Ok(outcomes) => {
+            let client = reset(client, ids[0]).await;
+            Finished { client, outcomes }
+        }
+        Err(o) => Finished {
+            client: None,
+            outcomes: ids.into_iter().map(|id| (id, o.clone())).collect(),
+        },
+    }
+}
+
+async fn run_batch(
+    c: &Client,
+    tasks: Vec<Task>,
+    cfg: &NodeConfig,
+    intent: &SharedIntent,
+) -> Result<Vec<(i64, Outcome)>, tokio_postgres::Error> {
+    let mut items = Vec::with_capacity(tasks.len());
+    let mut tables = Tables::default();
+    for task in tasks {
+        let plan = match Work::parse(&task.kind, &task.data) {
+            Err(e) => Err(e.to_string()),
+            Ok(work) => match plan_with(c, cfg, &work, true, &mut tables).await {
+                Ok(p) => Ok(p),
+                Err(PlanError::Refused(msg)) => Err(msg),
+                Err(PlanError::Db(e)) if lost(&e) => return Err(e),
+                Err(PlanError::Db(e)) => Err(error_text(&e)),
+            },
+        };
+        items.push(Item {
+            task,
+            plan,
+            result: None,
+        });
+    }
+    let taken = begin(c, &items).await?;
+    if intent.get() != Intent::Run {
+        // Abandoned on stop: nothing ran; the tasks run again after the restart.
+        c.batch_execute("rollback").await?;
+        return Ok(items
+            .iter()
+            .map(|i| (i.task.task_id, Outcome::Left))
+            .collect());
+    }
+    let mut outcomes: Vec<(i64, Outcome)> = items
+        .iter()
+        .filter(|i| !taken.contains(&i.task.task_id))
+        .map(|i| (i.task.task_id, Outcome::Skipped))
+        .collect();
+    items.retain(|i| taken.contains(&i.task.task_id));
+    if items.is_empty() {
+        c.batch_execute("rollback").await?;
+        return Ok(outcomes);
+    }
+    execute_all(c, &mut items).await?;
+    finish(c, &items).await?;
+    outcomes.extend(items.iter().map(|i| {
+        let state = i.result.as_ref().map_or("failed", |r| r.state);
+        (i.task.task_id, Outcome::Recorded(state))
+    }));
+    Ok(outcomes)
+}
+
+/// Opens the batch's transaction and takes its tasks (one round trip); the ids taken.
+async fn begin(c: &Client, items: &[Item]) -> Result<HashSet<i64>, tokio_postgres::Error> {
+    let ids: Vec<i64> = items.iter().map(|i| i.task.task_id).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.task.run_key.as_str()).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&ids, Type::INT8_ARRAY), (&keys, Type::TEXT_ARRAY)];
+    let (opened, taken) = tokio::join!(
+        c.batch_execute("start transaction read write"),
+        c.query_typed("select pgfan_node.task_begin_many($1, $2)", &params),
+    );
+    opened?;
+    Ok(taken?.iter().map(|r| r.get(0)).collect())
+}
+
+/// Runs every planned task in a savepoint of its own, all pipelined; after a failure the
+/// transaction is brought back to that task's savepoint and the rest go out again.
+async fn execute_all(c: &Client, items: &mut [Item]) -> Result<(), tokio_postgres::Error> {
+    for item in items.iter_mut() {
+        if let Err(msg) = &item.plan {
+            item.result = Some(TaskResult::failed(msg.clone()));
+        }
+    }
+    let mut from = 0;
+    while let Some(start) = (from..items.len()).find(|&i| items[i].result.is_none()) {
+        let pending: Vec<usize> = (start..items.len())
+            .filter(|&i| items[i].result.is_none())
+            .collect();
+        let runs = pending.iter().map(|&i| run_in_savepoint(c, &items[i].plan));
+        let answers = join_all(runs).await;
+        let mut failed_at = None;
+        for (&i, answer) in pending.iter().zip(answers) {
+            match answer {
+                Ok(n) => items[i].result = Some(TaskResult::count(n)),
+                Err(e) if lost(&e) => return Err(e),
+                Err(e) => {
+                    // The first failure is this task's own; the rest only saw the
+                    // aborted transaction and go out again.
+                    items[i].result = Some(TaskResult::failed(error_text(&e)));
+                    failed_at = Some(i);
+                    break;
+                }
+            }
+        }
+        let Some(i) = failed_at else {
+            break;
+        };
+        c.batch_execute("rollback to savepoint pgfan_task; release savepoint pgfan_task")
+            .await?;
+        from = i + 1;
+    }
+    Ok(())
+}
+
+/// Savepoint, the task's statement, release: sent together; the rows it changed.
+async fn run_in_savepoint(
+    c: &Client,
+    plan: &Result<Plan, String>,
+) -> Result<u64, tokio_postgres::Error> {
+    let Ok(Plan::Modify { sql, params }) = plan else {
+        // Only copies are batched, and unplanned ones never get here.
+        return Ok(0);
+    };
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    let (sp, n, rel) = tokio::join!(
+        c.batch_execute("savepoint pgfan_task"),
+        c.execute_typed(sql, &typed),
+        c.batch_execute("release savepoint pgfan_task"),
+    );
+    sp?;
+    let n = n?;
+    rel?;
+    Ok(n)
+}
+
+/// Records every task's result with task_finish_many and commits (one round trip).
+async fn finish(c: &Client, items: &[Item]) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<i64> = items.iter().map(|i| i.task.task_id).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.task.run_key.as_str()).collect();
+    let empty = TaskResult::failed("the batch did not run this task");
+    let results: Vec<&TaskResult> = items
+        .iter()
+        .map(|i| i.result.as_ref().unwrap_or(&empty))
+        .collect();
+    let states: Vec<&str> = results.iter().map(|r| r.state).collect();
+    let errors: Vec<Option<&str>> = results.iter().map(|r| r.error.as_deref()).collect();
+    let docs: Vec<String> = results.iter().map(|r| r.json().to_string()).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&ids, Type::INT8_ARRAY),
+        (&keys, Type::TEXT_ARRAY),
+        (&states, Type::TEXT_ARRAY),
+        (&errors, Type::TEXT_ARRAY),
+        (&docs, Type::TEXT_ARRAY),
+    ];
+    let (finished, committed) = tokio::join!(
+        c.query_typed_one(
+            "select pgfan_node.task_finish_many($1, $2, $3, $4, $5)",
+            &params
+        ),
+        c.batch_execute("commit"),
+    );
+    finished?;
+    committed
+}

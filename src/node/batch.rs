@@ -64,7 +64,7 @@ pub async fn run(
     };
     match outcome {
         Ok(outcomes) => {
-            let client = reset(client, ids[0]).await;
+            let client = reset(client, ids.first().copied().unwrap_or_default()).await;
             Finished { client, outcomes }
         }
         Err(o) => Finished {

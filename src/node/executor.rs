@@ -253,15 +253,20 @@ impl Executor {
         let intent = SharedIntent::default();
         let cancel = client.cancel_token();
         let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
-        let handle = if tasks.len() == 1 && !batch::batchable(&tasks[0]) {
-            let task = tasks.into_iter().next().expect("one task");
-            tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
-            self.running
-                .spawn(worker::run(client, task, cfg, intent.clone()))
-        } else {
-            tracing::debug!(tasks = ids.len(), first = ids[0], "Batch started");
-            self.running
-                .spawn(batch::run(client, tasks, cfg, intent.clone()))
+        let handle = match <[Task; 1]>::try_from(tasks) {
+            Ok([task]) if !batch::batchable(&task) => {
+                tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
+                self.running
+                    .spawn(worker::run(client, task, cfg, intent.clone()))
+            }
+            Ok(one) => self
+                .running
+                .spawn(batch::run(client, one.into(), cfg, intent.clone())),
+            Err(tasks) => {
+                tracing::debug!(tasks = ids.len(), first = ?ids.first(), "Batch started");
+                self.running
+                    .spawn(batch::run(client, tasks, cfg, intent.clone()))
+            }
         };
         for id in &ids {
             self.worker_of.insert(*id, handle.id());

@@ -1,7 +1,8 @@
 //! `pgfan reducer`: records task results and finishes jobs.
 //!
-//! A consumer of `pgfan_results` on the master. The result events of a chunk are recorded
-//! with one `pgfan.record_results` (the first result of a task counts; a re-shipped
+//! A consumer of `pgfan_results` on the master. A `results` event carries the results of
+//! one ship round of a node, a `result` event (the previous format, still accepted) one.
+//! The results of a chunk of events are recorded with one `pgfan.record_results` (the first result of a task counts; a re-shipped
 //! duplicate is ignored), and at the end of the batch every job that got a result is
 //! offered to `pgfan.complete_jobs`, which applies each job's policy, runs the reduce and
 //! notifies waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
@@ -125,6 +126,10 @@ impl BatchHandler for Reducer {
     ) -> Result<Vec<RetryEvent>, HandlerError> {
         let mut results = Vec::with_capacity(events.len());
         for e in events {
+            if e.ev_type.as_deref() == Some(RESULTS_EVENT) {
+                self.unpack(tx, e, &mut results).await?;
+                continue;
+            }
             match parse(e) {
                 Some(r) => results.push(r),
                 None => dead_letter(tx, e).await?,
@@ -172,6 +177,51 @@ impl BatchHandler for Reducer {
         }
         Ok(())
     }
+}
+
+/// The `ev_type` of a result event that carries many results.
+const RESULTS_EVENT: &str = "results";
+
+/// One task's result: task id, node, result object.
+type TaskResult = (i64, Option<String>, serde_json::Value);
+
+impl Reducer {
+    /// Adds the results of a `results` event; a malformed element is a dead letter of its
+    /// own, an event that is not a JSON array one for the whole event.
+    async fn unpack(
+        &mut self,
+        tx: &Transaction<'_>,
+        e: &Event,
+        into: &mut Vec<TaskResult>,
+    ) -> Result<(), HandlerError> {
+        let Some(items) = e
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<Vec<serde_json::Value>>(d).ok())
+        else {
+            return dead_letter(tx, e).await;
+        };
+        for item in items {
+            match parse_item(&item) {
+                Some((task, result)) => into.push((task, e.extra[2].clone(), result)),
+                None => {
+                    let one = Event {
+                        data: Some(item.to_string()),
+                        ..e.clone()
+                    };
+                    dead_letter(tx, &one).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An element of a `results` event: `{"task": <id>, "job": .., "result": {..}}`.
+fn parse_item(item: &serde_json::Value) -> Option<(i64, serde_json::Value)> {
+    let task = item.get("task")?.as_i64()?;
+    let result = item.get("result")?;
+    well_formed(result).then(|| (task, result.clone()))
 }
 
 /// A result event's task id, node and result object; None when malformed.

@@ -254,7 +254,9 @@ async fn the_node_daemon_runs_on_its_node_login_alone() {
         &format!(
             "select (select state from pgfan.task where task_id = {task}) = 'claimed'
                 and (select heartbeat is not null from pgfan.node where node_name = 'n1')
-                and exists (select 1 from pgq.event_template where ev_type = 'result' and ev_extra1 = '{task}')"
+                and exists (select 1 from pgq.event_template
+                             where ev_type = 'results' and ev_extra3 = 'n1'
+                               and ev_data::jsonb @> jsonb_build_array(jsonb_build_object('task', {task}::bigint)))"
         ),
     )
     .await;

@@ -10,7 +10,7 @@
 --   pgfan_ticker    the ticker: PgQ's pgq_admin, which its maintenance functions need (they
 --                   run with the caller's rights); nothing in pgfan
 --   pgfan_relay     the relay: pgq_reader (consume push_queue), the routing doors
---                   (route_event, route_events, reject_event, all SECURITY DEFINER), the
+--                   (route_event, route_events, route_batch, reject_event, all SECURITY DEFINER), the
 --                   request columns of pgfan.job, and the pgq_ext ledger its producer
 --                   databases' batches are recorded in
 --   pgfan_reducer   the reducer: pgq_reader (consume pgfan_results), the doors
@@ -78,9 +78,11 @@ begin
             ('pgfan_node', 'execute on function pgfan.node_heartbeat(text, integer, text)'),
             ('pgfan_node', 'execute on function pgfan.cancelled_tasks(text, bigint[])'),
             ('pgfan_node', 'execute on function pgfan.node_ship_results(text, bigint[], text[], text[])'),
+            ('pgfan_node', 'execute on function pgfan.node_ship_batch(text, bigint[], text[], text[])'),
             ('pgfan_relay', 'usage on schema pgfan'),
             ('pgfan_relay', 'execute on function pgfan.route_event(text, bigint, bigint, text, text, jsonb, text, text, interval, text[], text, integer, text)'),
             ('pgfan_relay', 'execute on function pgfan.route_events(text, bigint[], bigint[], text[], text[], jsonb[], text[], text[], interval[], jsonb[], text[], integer[], text[])'),
+            ('pgfan_relay', 'execute on function pgfan.route_batch(text, bigint[], bigint[], text[], text[], jsonb[], text[], text[], interval[], jsonb[], text[], integer[], text[])'),
             ('pgfan_relay', 'execute on function pgfan.reject_event(text, bigint, text, text, text, bigint, text)'),
             -- the relay reads the request of a submitted job (route.rs, job_rows); no result,
             -- error or submitter

@@ -3,7 +3,8 @@
 //! A [`BatchHandler`] on the master's queue `pgfan_node_<node>`. It collects the batch's
 //! events and, at the end of the batch, opens a transaction on the NODE database: if the
 //! pgq_ext ledger already has the batch it skips the inserts, otherwise it inserts one task
-//! row per event (`on conflict (task_id) do nothing`) and records the batch; commit. Then,
+//! row per task of the events (a `tasks` event carries many, an event of the previous
+//! format one; `on conflict (task_id) do nothing`) and records the batch; commit. Then,
 //! still in the master transaction the framework commits together with `finish_batch`, it
 //! calls `pgfan.tasks_claimed`. A crash before the node commit leaves nothing; a crash after
 //! it redoes the batch, which the ledger skips: the tasks exist once either way.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_postgres::{Client, Transaction};
 
-use super::payload::ClaimRow;
+use super::payload::{claim_rows_of, ClaimRow};
 use super::NodeConfig;
 use crate::consumer::{BatchHandler, BatchRef, HandlerError, RetryEvent};
 use crate::pgq::Event;
@@ -127,22 +128,22 @@ impl BatchHandler for ClaimHandler {
     }
 }
 
-/// The task rows of a batch's events; events without a task id are logged and skipped.
+/// The task rows of a batch's events; events (or tasks of an event) without a task id
+/// are logged and skipped: there is no task to report on.
 fn claim_rows(events: &[Event]) -> Vec<ClaimRow> {
-    events
-        .iter()
-        .filter_map(|ev| {
-            let row = ClaimRow::from_event(ev);
-            if row.is_none() {
-                tracing::error!(
-                    ev_id = ev.id,
-                    ev_extra1 = ?ev.extra[0],
-                    "Pull event without a valid task id; skipped"
-                );
-            }
-            row
-        })
-        .collect()
+    let mut rows = Vec::with_capacity(events.len());
+    for ev in events {
+        match claim_rows_of(ev) {
+            Ok(found) if found.is_empty() => tracing::error!(
+                ev_id = ev.id,
+                ev_extra1 = ?ev.extra[0],
+                "Pull event without a valid task id; skipped"
+            ),
+            Ok(found) => rows.extend(found),
+            Err(err) => tracing::error!(error = %err, "Unreadable pull event; skipped"),
+        }
+    }
+    rows
 }
 
 /// Inserts the rows; events that cannot run are stored as failed tasks, to be shipped.

@@ -1,9 +1,12 @@
 //! Pull events as the node reads them: the urlencoded payload and options of one task.
 //!
-//! The relay writes one event per task into `pgfan_node_<node>` (docs/pipeline.md):
-//! `ev_type` = kind, `ev_data` = payload, `ev_extra1` = task id, `ev_extra2` = job id,
-//! `ev_extra3` = lane, `ev_extra4` = options (`timeout_ms=<n>`, `tx=0`). Everything here is
-//! pure parsing; nothing of it is ever spliced into SQL text.
+//! The relay writes `tasks` events into `pgfan_node_<node>` (docs/pipeline.md): `ev_data` is
+//! a JSON array of tasks, each with its task id, job id, kind, payload, lane and options.
+//! Events of the previous format, one per task, may still be queued (routed before an
+//! upgrade, or by the per-event path): `ev_type` = kind, `ev_data` = payload, `ev_extra1` =
+//! task id, `ev_extra2` = job id, `ev_extra3` = lane, `ev_extra4` = options (`timeout_ms=<n>`,
+//! `tx=0`). Both become [`ClaimRow`]s. Everything here is pure parsing; nothing of it is
+//! ever spliced into SQL text.
 
 use thiserror::Error;
 
@@ -223,6 +226,86 @@ impl ClaimRow {
     }
 }
 
+/// The `ev_type` of a pull event that carries many tasks.
+pub const TASKS_EVENT: &str = "tasks";
+
+/// One task of a `tasks` event, as the relay writes it (pgfan.queue_tasks).
+#[derive(Debug, serde::Deserialize)]
+struct PulledTask {
+    task: i64,
+    job: Option<serde_json::Value>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    lane: Option<String>,
+    #[serde(default)]
+    options: Option<String>,
+}
+
+/// Why a `tasks` event cannot be read at all.
+#[derive(Debug, Error)]
+#[error("pull event {ev_id}: not a JSON array of tasks: {source}")]
+pub struct TasksEventError {
+    ev_id: i64,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// The task rows of a pull event of either format. An element of a `tasks` event without
+/// a task id is skipped (there is nothing to report on); one with a bad job id or options
+/// becomes a failed task, as a single-task event does.
+pub fn claim_rows_of(ev: &Event) -> Result<Vec<ClaimRow>, TasksEventError> {
+    if ev.ev_type.as_deref() != Some(TASKS_EVENT) {
+        return Ok(ClaimRow::from_event(ev).into_iter().collect());
+    }
+    let tasks: Vec<serde_json::Value> = serde_json::from_str(ev.data.as_deref().unwrap_or(""))
+        .map_err(|source| TasksEventError {
+            ev_id: ev.id,
+            source,
+        })?;
+    Ok(tasks
+        .into_iter()
+        .filter_map(|t| match serde_json::from_value::<PulledTask>(t) {
+            Ok(t) => Some(ClaimRow::from_pulled(ev.id, t)),
+            Err(err) => {
+                tracing::error!(ev_id = ev.id, error = %err, "Task without a valid task id in a pull event; skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+impl ClaimRow {
+    fn from_pulled(ev_id: i64, t: PulledTask) -> ClaimRow {
+        let job_id = match &t.job {
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let mut error = job_id.is_none().then(|| {
+            format!(
+                "pull event {ev_id}: task {} has no valid job id {:?}",
+                t.task, t.job
+            )
+        });
+        let options = TaskOptions::parse(t.options.as_deref()).unwrap_or_else(|e| {
+            error.get_or_insert(e.to_string());
+            TaskOptions::default()
+        });
+        ClaimRow {
+            task_id: t.task,
+            job_id,
+            kind: t.kind.unwrap_or_default(),
+            data: t.data.unwrap_or_default(),
+            lane: t.lane.filter(|l| !l.is_empty()),
+            options,
+            error,
+        }
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` text into ordered pairs, strictly (the
 /// relay's decoder: malformed escapes, invalid UTF-8 and NUL bytes are errors).
 pub fn form_decode(text: &str) -> Result<Vec<(String, String)>, PayloadError> {
@@ -288,6 +371,54 @@ mod tests {
             Work::parse("shell", "x=1"),
             Err(PayloadError::Kind(_))
         ));
+    }
+
+    fn event(ev_type: &str, data: &str, extra: [Option<&str>; 4]) -> Event {
+        Event {
+            id: 7,
+            time: std::time::SystemTime::UNIX_EPOCH,
+            txid: None,
+            retry: None,
+            ev_type: Some(ev_type.into()),
+            data: Some(data.into()),
+            extra: extra.map(|x| x.map(String::from)),
+        }
+    }
+
+    #[test]
+    fn both_pull_event_formats_become_claim_rows() {
+        let old = event(
+            "sql",
+            "sql=select+1",
+            [Some("5"), Some("2"), Some("l"), None],
+        );
+        let rows = claim_rows_of(&old).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].task_id, rows[0].job_id), (5, Some(2)));
+        let new = event(
+            TASKS_EVENT,
+            r#"[{"task": 8, "job": 3, "kind": "copy", "data": "action=ins&id=1", "lane": null, "options": "tx=0"},
+                {"task": 9, "job": null, "kind": "sql", "data": "sql=select+1", "lane": "a", "options": null},
+                {"job": 3},
+                {"task": 10, "job": 3, "kind": "sql", "data": "sql=x", "lane": "", "options": "tx=maybe"}]"#,
+            [None, None, None, None],
+        );
+        let rows = claim_rows_of(&new).unwrap();
+        assert_eq!(rows.len(), 3, "the element without a task id is skipped");
+        assert_eq!(rows[0].task_id, 8);
+        assert_eq!(rows[0].job_id, Some(3));
+        assert_eq!(rows[0].kind, "copy");
+        assert!(!rows[0].options.tx);
+        assert_eq!(rows[0].error, None);
+        assert_eq!(rows[1].lane.as_deref(), Some("a"));
+        assert!(rows[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no valid job id"));
+        assert_eq!(rows[2].lane, None);
+        assert!(rows[2].error.as_deref().unwrap().contains("tx"));
+        assert!(claim_rows_of(&event(TASKS_EVENT, "{", [None, None, None, None])).is_err());
     }
 
     #[test]

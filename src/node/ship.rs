@@ -1,7 +1,7 @@
 //! Ship: finished tasks go to the master's `pgfan_results` queue.
 //!
-//! Each round inserts result events for up to [`CHUNK`] unshipped tasks in one master
-//! transaction, commits it, and only then sets `shipped_at` on the node. A crash between the
+//! Each round ships up to [`CHUNK`] unshipped tasks as ONE `results` event (docs/pipeline.md)
+//! in one master transaction, commits it, and only then sets `shipped_at` on the node. A crash between the
 //! two commits ships those results again; the reducer records each task once. The shipper
 //! runs when the executor finished a task, every `poll_period`, and once more on stop.
 //!
@@ -158,11 +158,11 @@ async fn ship_round(s: &mut Sessions, node_name: &str) -> Result<Round, tokio_po
     // Borrowed from the rows: the text is held once (and once more in the request).
     let results: Vec<&str> = rows.iter().map(|r| r.get(2)).collect();
     let bytes: usize = results.iter().map(|r| r.len()).sum();
-    // One statement for the chunk, through the node door that checks the login may act
-    // as this node and ships only its own tasks; the events get ids in task order.
+    // One statement and one event for the chunk, through the node door that checks the
+    // login may act as this node and ships only its own tasks, in task order.
     s.master
         .query_typed_one(
-            "select pgfan.node_ship_results($1, $2, $3, $4)",
+            "select pgfan.node_ship_batch($1, $2, $3, $4)",
             &[
                 (&node_name, Type::TEXT),
                 (&ids, Type::INT8_ARRAY),

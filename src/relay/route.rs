@@ -1,8 +1,8 @@
 //! Turning push events into `pgfan.route_event` calls.
 //!
 //! A batch is first tried whole: every event parsed here, the requests of submitted jobs
-//! read in one query, and then all of it routed by one set-based `pgfan.route_events`
-//! under a savepoint. When that declines (an `any` target, a job not in the usual state,
+//! read in one query, and then all of it routed by one set-based `pgfan.route_batch`
+//! under a savepoint (raw jobs written once, one `tasks` pull event per node). When that declines (an `any` target, a job not in the usual state,
 //! anything unusual) the savepoint is rolled back and one `route_event` per event is sent
 //! pipelined under a new one. If anything in the batch is bad, that is rolled back too and
 //! the relay routes event by event, where a bad event gets its own savepoint, dead letter
@@ -20,8 +20,9 @@ use crate::pgq::Event;
 const ROUTE_SQL: &str = "select pgfan.route_event($1, $2, $3, $4, $5, $6, $7, $8, \
                          $9::text::interval, $10, $11, $12, $13)";
 
-/// Routes a whole batch in one call; the arguments are bound by [`route_all`].
-const ROUTE_ALL_SQL: &str = "select pgfan.route_events($1, $2, $3, $4, $5, $6, $7, $8, \
+/// Routes a whole batch in one call, its pull events carrying many tasks each; the
+/// arguments are bound by [`route_all`].
+const ROUTE_ALL_SQL: &str = "select pgfan.route_batch($1, $2, $3, $4, $5, $6, $7, $8, \
                              $9::text[]::interval[], $10, $11, $12, $13)";
 
 /// How routing one event went wrong.
@@ -244,7 +245,7 @@ pub(super) async fn batch(
     }
 }
 
-/// Routes every planned event with one `pgfan.route_events`.
+/// Routes every planned event with one `pgfan.route_batch`.
 async fn route_all(
     tx: &Transaction<'_>,
     source: &str,

@@ -113,17 +113,25 @@ impl Env {
             )
             .await
             .unwrap();
-        rows.iter()
-            .map(|r| {
-                assert_eq!(r.get::<_, String>(4), "result");
-                let id: String = r.get(0);
-                let data: String = r.get(3);
-                (
-                    id.parse().unwrap(),
-                    (r.get(1), r.get(2), serde_json::from_str(&data).unwrap()),
-                )
-            })
-            .collect()
+        // A `results` event carries one ship round's results (docs/pipeline.md).
+        let mut all = HashMap::new();
+        for r in &rows {
+            let data: Value = serde_json::from_str(r.get::<_, &str>(3)).unwrap();
+            if r.get::<_, String>(4) == "results" {
+                for item in data.as_array().unwrap() {
+                    let job = item["job"].as_str().map(String::from);
+                    all.insert(
+                        item["task"].as_i64().unwrap(),
+                        (job, r.get(2), item["result"].clone()),
+                    );
+                }
+                continue;
+            }
+            assert_eq!(r.get::<_, String>(4), "result");
+            let id: String = r.get(0);
+            all.insert(id.parse().unwrap(), (r.get(1), r.get(2), data));
+        }
+        all
     }
 
     pub async fn result(&self, task_id: i64) -> Value {

@@ -10,8 +10,15 @@
 //! effect still commits exactly once with its record.
 //!
 //! Only copy tasks are batched: their statements are the node's own, so nothing a task
-//! does can change the session the next task in the transaction sees. Tasks with a
-//! timeout, `tx=0` tasks and `sql`/`call` tasks run one by one ([`super::worker`]).
+//! does can change the session the next task in the transaction sees, and each is short,
+//! so a cancel from the master can let a running batch finish (its late result is handled
+//! on the master like any late one). Tasks with a timeout, `tx=0` tasks and `sql`/`call`
+//! tasks run one by one ([`super::worker`]): their statements may run long and be
+//! cancelled, and their SQL may change the session.
+//!
+//! A batch whose connection broke or whose transaction failed outside the tasks'
+//! statements is not charged to all of its tasks: they run again one by one
+//! ([`Outcome::Split`]), so only a task at fault fails.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -51,26 +58,22 @@ pub async fn run(
     intent: SharedIntent,
 ) -> Finished {
     let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
-    let outcome = match run_batch(&client, tasks, &cfg, &intent).await {
-        Ok(outcomes) => Ok(outcomes),
-        Err(err) if lost(&err) => {
-            tracing::warn!(tasks = ids.len(), error = %err, "Batch left to run again: node connection failed");
-            Err(Outcome::Lost)
-        }
-        Err(err) => Err(Outcome::Broken(format!(
-            "the batch's session failed outside the tasks' statements, so it was closed: {}",
-            error_text(&err)
-        ))),
-    };
-    match outcome {
+    match run_batch(&client, tasks, &cfg, &intent).await {
         Ok(outcomes) => {
             let client = reset(client, ids.first().copied().unwrap_or_default()).await;
             Finished { client, outcomes }
         }
-        Err(o) => Finished {
+        Err(_) if intent.get() == Intent::Abandon => Finished {
             client: None,
-            outcomes: ids.into_iter().map(|id| (id, o.clone())).collect(),
+            outcomes: ids.into_iter().map(|id| (id, Outcome::Left)).collect(),
         },
+        Err(err) => {
+            tracing::warn!(tasks = ids.len(), error = %err, "A batch failed outside its tasks' statements; its tasks run again one by one");
+            Finished {
+                client: None,
+                outcomes: ids.into_iter().map(|id| (id, Outcome::Split)).collect(),
+            }
+        }
     }
 }
 
@@ -118,6 +121,14 @@ async fn run_batch(
         return Ok(outcomes);
     }
     execute_all(c, &mut items).await?;
+    if intent.get() == Intent::Abandon {
+        // Stopping: the drain's cancel may have failed a statement; nothing is recorded,
+        // the whole batch rolls back and runs again after the restart.
+        c.batch_execute("rollback").await?;
+        let left = items.iter().map(|i| (i.task.task_id, Outcome::Left));
+        outcomes.extend(left);
+        return Ok(outcomes);
+    }
     finish(c, &items).await?;
     outcomes.extend(items.iter().map(|i| {
         let state = i.result.as_ref().map_or("failed", |r| r.state);

@@ -10,7 +10,7 @@
 //! no new tasks, running ones may finish until the deadline, then they are cancelled and
 //! left to run again after the restart (their transactions roll back).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ pub struct Executor {
     /// The worker running each busy task.
     worker_of: HashMap<i64, tokio::task::Id>,
     lost: HashMap<i64, u32>,
+    /// Tasks of a batch that failed as a whole: each runs alone from now on.
+    solo: HashSet<i64>,
     /// Woken by the claim handler.
     wake: Arc<Notify>,
     /// Wakes the shipper when a task finished.
@@ -93,6 +95,7 @@ impl Executor {
             running: JoinSet::new(),
             worker_of: HashMap::new(),
             lost: HashMap::new(),
+            solo: HashSet::new(),
             wake,
             ship,
             outage: Outage::new("node executor", target),
@@ -231,15 +234,16 @@ impl Executor {
         let Some(first) = self.ready.pop_front() else {
             return Vec::new();
         };
-        if !batch::batchable(&first) {
+        let batchable = |t: &Task| batch::batchable(t) && !self.solo.contains(&t.task_id);
+        if !batchable(&first) {
             return vec![first];
         }
-        let batchable = 1 + self.ready.iter().filter(|t| batch::batchable(t)).count();
-        let size = batchable.div_ceil(free).min(batch::MAX_TASKS);
+        let n = 1 + self.ready.iter().filter(|t| batchable(t)).count();
+        let size = n.div_ceil(free).min(batch::MAX_TASKS);
         let mut tasks = vec![first];
         let mut rest = VecDeque::with_capacity(self.ready.len());
         while let Some(t) = self.ready.pop_front() {
-            if tasks.len() < size && batch::batchable(&t) {
+            if tasks.len() < size && batchable(&t) {
                 tasks.push(t);
             } else {
                 rest.push_back(t);
@@ -254,7 +258,7 @@ impl Executor {
         let cancel = client.cancel_token();
         let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
         let handle = match <[Task; 1]>::try_from(tasks) {
-            Ok([task]) if !batch::batchable(&task) => {
+            Ok([task]) if !batch::batchable(&task) || self.solo.contains(&task.task_id) => {
                 tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
                 self.running
                     .spawn(worker::run(client, task, cfg, intent.clone()))
@@ -314,7 +318,15 @@ impl Executor {
     }
 
     async fn settle(&mut self, task_id: i64, outcome: Outcome) {
+        if !matches!(outcome, Outcome::Split | Outcome::Lost | Outcome::Left) {
+            self.solo.remove(&task_id);
+        }
         match outcome {
+            Outcome::Cancelled => {
+                self.lost.remove(&task_id);
+                self.record(&[task_id], "cancelled", "cancelled on the master")
+                    .await;
+            }
             Outcome::Broken(msg) => {
                 self.lost.remove(&task_id);
                 tracing::warn!(task_id, error = %msg, "Task failed; its connection was closed");
@@ -327,6 +339,9 @@ impl Executor {
                 self.ship.notify_one();
             }
             Outcome::Lost => self.count_lost(task_id).await,
+            Outcome::Split => {
+                self.solo.insert(task_id);
+            }
             Outcome::Skipped | Outcome::Left => {}
         }
     }

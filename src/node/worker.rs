@@ -107,6 +107,12 @@ pub enum Outcome {
     Left,
     /// The node connection failed; the task is left unfinished, to run again.
     Lost,
+    /// Cancelled on the master while the node's own statements ran on its connection: the
+    /// connection is closed and the executor records the cancellation.
+    Cancelled,
+    /// Its batch failed outside the tasks' statements (a lost connection, a session a task
+    /// broke): left unfinished, to run again alone, so that only the task at fault fails.
+    Split,
     /// The task failed in a way that left its session unusable (a result over the cap, a
     /// session its SQL broke): the connection is closed and the executor records this
     /// failure through its own login.
@@ -134,24 +140,35 @@ pub async fn run(
     } else {
         run_autocommit(&client, &task, &cfg, &intent).await
     };
-    let outcome = match ran {
-        Ok(outcome) => outcome,
+    let (outcome, usable) = match ran {
+        Ok(outcome) => {
+            let usable = !matches!(outcome, Outcome::Broken(_) | Outcome::Lost);
+            (outcome, usable)
+        }
         Err(err) if lost(&err) => {
             tracing::warn!(task_id, error = %err, "Task left to run again: node connection failed");
-            Outcome::Lost
+            (Outcome::Lost, false)
         }
-        Err(err) => Outcome::Broken(format!(
-            "the task's session failed outside its SQL, so it was closed: {}",
-            error_text(&err)
-        )),
+        // A cancel sent for this task (by the master, or by a stopping daemon) may reach
+        // one of the node's own statements instead of the task's: that is the cancel, not
+        // a failure of the task.
+        Err(_) if intent.get() == Intent::Cancel => (Outcome::Cancelled, false),
+        Err(_) if intent.get() == Intent::Abandon => (Outcome::Left, false),
+        Err(err) => (
+            Outcome::Broken(format!(
+                "the task's session failed outside its SQL, so it was closed: {}",
+                error_text(&err)
+            )),
+            false,
+        ),
     };
     if let Outcome::Recorded(state) = outcome {
         let labels = [("node", cfg.name.clone()), ("state", state.to_string())];
         metrics::histogram!("pgfan_node_task_duration_seconds", &labels).record(started.elapsed());
     }
-    let client = match outcome {
-        Outcome::Broken(_) | Outcome::Lost => None,
-        _ => reset(client, task_id).await,
+    let client = match usable {
+        true => reset(client, task_id).await,
+        false => None,
     };
     Finished {
         client,

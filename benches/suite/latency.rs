@@ -182,17 +182,20 @@ async fn pgfan_breakdown(topo: &Topology, samples: &[Sample]) -> Result<String> 
         "job finished (reducer tx)",
     ];
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut rows: Vec<Vec<f64>> = Vec::new();
     for s in samples {
         let Some((task, mt)) = master.get(&s.ev_id) else {
             continue;
         };
         let Some(nt) = node.get(task) else { continue };
         let ts = [mt[0], mt[1], nt[0], nt[1], nt[2], nt[3], mt[2], mt[3]];
-        for (col, t) in columns.iter_mut().zip(ts) {
-            col.push((t - s.sent) * 1000.0);
+        let row: Vec<f64> = ts.iter().map(|t| (t - s.sent) * 1000.0).collect();
+        for (col, t) in columns.iter_mut().zip(&row) {
+            col.push(*t);
         }
+        rows.push(row);
     }
-    Ok(names
+    let median = names
         .iter()
         .zip(columns)
         .map(|(name, mut col)| {
@@ -200,7 +203,22 @@ async fn pgfan_breakdown(topo: &Topology, samples: &[Sample]) -> Result<String> 
             format!("{name} +{:.1}", percentile(&col, 0.5))
         })
         .collect::<Vec<_>>()
-        .join(", "))
+        .join(", ");
+    // The tail is what the p99 goal is about: the slowest samples' own timelines show which
+    // hop their time went to (the worker's commit stands in for the applied time).
+    rows.sort_by(|a, b| b[4].total_cmp(&a[4]));
+    let slowest = rows
+        .iter()
+        .take(5)
+        .map(|r| {
+            let stages: Vec<String> = r.iter().map(|t| format!("{t:.1}")).collect();
+            format!("[{}]", stages.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(format!(
+        "{median}; the 5 slowest by worker commit, same stages: {slowest}"
+    ))
 }
 
 /// A nullable epoch column; NaN where the stage has not stamped its time.
@@ -245,7 +263,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
              transaction, n1..n{NODES} round-robin, one run; applied = node row's \
              clock_timestamp() - client send time, result = job-done NOTIFY arrival - send \
              time. pgfan defaults: ticker poll_period 10 ms and ticker_period 1 s, pipeline \
-             queues ticker_max_lag 0, relay/reducer/node wake on the ticker's NOTIFY with a \
+             queues ticker_max_lag 0 (so their inserts wake the ticker at commit), \
+             relay/reducer/node wake on the ticker's NOTIFY with a \
              1 s polling fallback, node workers 4. Baseline: pgqd defaults (ticker_period \
              1 s; queues ticker_max_count 500, ticker_max_lag 3 s, ticker_idle_period 60 s), \
              python3-pgq consumers with defaults (loop_delay 1 s)."

@@ -139,6 +139,13 @@ async fn ticker_session(
     let mut woken: HashSet<String> = HashSet::new();
     let mut next_full = Instant::now();
     loop {
+        if !woken.is_empty() {
+            // A commit announced these queues: tick them before anything else, so the
+            // hand-off costs one statement (two when PgQ's idle back-off declines) rather
+            // than waiting behind the sequence poll and the missed-events search below.
+            let queues: Vec<String> = std::mem::take(&mut woken).into_iter().collect();
+            tick_now(client, &tick, queues, db).await?;
+        }
         let now = Instant::now();
         let mut quiet = Vec::new();
         for row in client.query(&poll, &[]).await? {
@@ -151,8 +158,7 @@ async fn ticker_session(
         }
         moved_at.retain(|_, at| now.duration_since(*at) < cfg.ticker_period);
         quiet.retain(|q| moved_at.contains_key(q));
-        let mut urgent: HashSet<String> = std::mem::take(&mut woken);
-        urgent.extend(missed.find(client, &quiet).await?);
+        let mut urgent: HashSet<String> = missed.find(client, &quiet).await?.into_iter().collect();
         let due: Option<Vec<String>> = if now >= next_full {
             next_full = now + cfg.ticker_period;
             None
@@ -167,14 +173,7 @@ async fn ticker_session(
         if !urgent.is_empty() {
             // pgq.ticker declined them as idle: their events were counted by a tick that
             // could not see them yet.
-            let urgent: Vec<String> = urgent.into_iter().collect();
-            client
-                .execute(
-                    "select pgq.force_tick(q) from unnest($1::text[]) q",
-                    &[&urgent],
-                )
-                .await?;
-            offer_ticks(client, &tick, &Some(urgent), db).await?;
+            force_ticks(client, &tick, urgent.into_iter().collect(), db).await?;
         }
         if opened.elapsed() >= cfg.connection_lifetime {
             return Ok(End::Recycle);
@@ -183,6 +182,45 @@ async fn ticker_session(
             return Ok(End::Stop);
         }
     }
+}
+
+/// Ticks `queues` now: offers each a tick and forces one where PgQ declines, because a
+/// commit announced new events that an earlier tick may have counted while they were
+/// still invisible (PgQ would then call the queue idle and back off).
+async fn tick_now(
+    client: &Client,
+    tick: &tokio_postgres::Statement,
+    mut queues: Vec<String>,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let ticked = offer_ticks(client, tick, &Some(queues.clone()), db).await?;
+    queues.retain(|q| !ticked.contains(q));
+    if !queues.is_empty() {
+        force_ticks(client, tick, queues, db).await?;
+    }
+    Ok(())
+}
+
+/// `pgq.force_tick` for `queues`, then a tick offer, which PgQ then accepts. Only queues
+/// this ticker drives are forced: a wake-up's payload is whatever its sender wrote, and a
+/// name that is no queue (or a paused one) must neither fail the session nor move a
+/// sequence.
+async fn force_ticks(
+    client: &Client,
+    tick: &tokio_postgres::Statement,
+    queues: Vec<String>,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "select pgq.force_tick(queue_name) from pgq.queue
+              where queue_name = any($1)
+                and not queue_ticker_paused and not queue_external_ticker",
+            &[&queues],
+        )
+        .await?;
+    offer_ticks(client, tick, &Some(queues), db).await?;
+    Ok(())
 }
 
 /// Runs TICK_SQL for `due` (all queues when None); returns the queues that ticked.

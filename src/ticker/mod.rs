@@ -10,7 +10,10 @@
 //! calls `pgq.ticker(queue)` only for queues whose sequence moved. After a tick it sends
 //! `NOTIFY pgfan_tick, '<queue>'` so consumers wake at once. Whether a queue ticks is still
 //! decided by its own thresholds (`ticker_max_count`, `ticker_max_lag`, ...): set
-//! `ticker_max_lag` low on queues that need low latency.
+//! `ticker_max_lag` low on queues that need low latency. On the bundled core, inserts into
+//! queues with `ticker_max_lag` 0 also wake the ticker at their commit (see urgent.rs), so
+//! such a queue ticks without waiting for the poll; the poll remains for the PgQ extension,
+//! COPY producers and every other queue.
 
 mod database;
 mod urgent;

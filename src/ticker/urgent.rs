@@ -5,11 +5,14 @@
 //! its snapshot) but counts them, so the next `pgq.ticker()` sees no new events and applies
 //! the idle back-off (up to twice the previous gap): the events wait for that. Two things
 //! end the wait early:
-//! - pgfan's own producers (`pgfan.submit`, the relay's routing, the nodes' results)
-//!   `NOTIFY pgfan_ticker_wake, '<queue>'` in their transaction, so the ticker hears of the
-//!   commit the moment it happens;
-//! - for other producers, the ticker looks for events written by transactions that were
-//!   still open at the queue's last tick and have ended since.
+//! - on the bundled core, every insert into a low-latency queue (`ticker_max_lag` 0, which
+//!   pgfan's own queues have) sends `NOTIFY pgfan_ticker_wake, '<queue>'` from
+//!   `pgq.insert_event_raw`, and pgfan's own producers (`pgfan.enqueue`) send it whatever the
+//!   queue; it is delivered at the commit, so the ticker hears of the commit the moment it
+//!   happens, and ticks the queue first thing, before its poll;
+//! - for other producers (the PgQ extension's C insert, COPY into `current_event_table`),
+//!   the ticker looks for events written by transactions that were still open at the
+//!   queue's last tick and have ended since.
 //!
 //! Either way the queue is ticked now, with `pgq.force_tick` when `pgq.ticker` declines.
 

@@ -7,24 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestDb};
+use common::{master_with_nodes as master, Backend, TestDb};
 use pgfan::reducer::ReducerConfig;
 use pgfan::signals::Control;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
-
-/// A master with nodes n1..n3 and a 4-partition hash map.
-async fn master(backend: Backend) -> (TestDb, Client) {
-    let db = TestDb::master(backend).await;
-    let c = db.connect().await;
-    c.batch_execute(
-        "select pgfan.node_add('n1'), pgfan.node_add('n2'), pgfan.node_add('n3');
-         select pgfan.set_partitions(4);",
-    )
-    .await
-    .unwrap();
-    (db, c)
-}
 
 both_backends!(
     route_batch_makes_what_route_event_makes_in_fewer_writes,

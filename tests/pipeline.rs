@@ -7,7 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{eventually, start_ticker, ticker_config, Backend, TestDb};
+use common::{
+    eventually, master_with_nodes as master, start_ticker, ticker_config, Backend, TestDb,
+};
 use pgfan::reducer::ReducerConfig;
 use pgfan::relay::RelayConfig;
 use pgfan::signals::Control;
@@ -56,19 +58,6 @@ fn reducer(db: &TestDb) -> Running {
         ticker: start_ticker(ticker_config(db)),
         daemon: (tx, handle),
     }
-}
-
-/// A master with nodes n1..n3 and a 4-partition hash map.
-async fn master(backend: Backend) -> (TestDb, Client) {
-    let db = TestDb::master(backend).await;
-    let c = db.connect().await;
-    c.batch_execute(
-        "select pgfan.node_add('n1'), pgfan.node_add('n2'), pgfan.node_add('n3');
-         select pgfan.set_partitions(4);",
-    )
-    .await
-    .unwrap();
-    (db, c)
 }
 
 async fn raw(

@@ -528,3 +528,16 @@ pub async fn job_of_event(m: &Client, ev: i64) -> i64 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A master with nodes n1..n3 and a 4-partition hash map.
+pub async fn master_with_nodes(backend: Backend) -> (TestDb, Client) {
+    let db = TestDb::master(backend).await;
+    let c = db.connect().await;
+    c.batch_execute(
+        "select pgfan.node_add('n1'), pgfan.node_add('n2'), pgfan.node_add('n3');
+         select pgfan.set_partitions(4);",
+    )
+    .await
+    .unwrap();
+    (db, c)
+}

@@ -27,9 +27,10 @@ use futures_util::future::join_all;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use super::execute::{execute, Ran};
 use super::payload::Work;
 use super::plan::{plan_with, Plan, PlanError, Tables};
-use super::result::{error_text, TaskResult};
+use super::result::{error_text, Json, TaskResult};
 use super::worker::{lost, reset, Finished, Intent, Outcome, SharedIntent, Task};
 use super::NodeConfig;
 
@@ -169,7 +170,7 @@ async fn execute_all(c: &Client, items: &mut [Item]) -> Result<(), tokio_postgre
         let mut failed_at = None;
         for (&i, answer) in pending.iter().zip(answers) {
             match answer {
-                Ok(n) => items[i].result = Some(TaskResult::count(n)),
+                Ok(res) => items[i].result = Some(res),
                 Err(e) if lost(&e) => return Err(e),
                 Err(e) => {
                     // The first failure is this task's own; the rest only saw the
@@ -190,28 +191,28 @@ async fn execute_all(c: &Client, items: &mut [Item]) -> Result<(), tokio_postgre
     Ok(())
 }
 
-/// Savepoint, the task's statement, release: sent together; the rows it changed.
+/// Savepoint, the task's statement, release: sent together.
 async fn run_in_savepoint(
     c: &Client,
     plan: &Result<Plan, String>,
-) -> Result<u64, tokio_postgres::Error> {
-    let Ok(Plan::Modify { sql, params }) = plan else {
-        // Only copies are batched, and unplanned ones never get here.
-        return Ok(0);
+) -> Result<TaskResult, tokio_postgres::Error> {
+    let Ok(plan) = plan else {
+        // Unplanned tasks are recorded as failed before anything runs.
+        return Ok(TaskResult::failed("not planned"));
     };
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-        .iter()
-        .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-        .collect();
-    let (sp, n, rel) = tokio::join!(
+    let (sp, ran, rel) = tokio::join!(
         c.batch_execute("savepoint pgfan_task"),
-        c.execute_typed(sql, &typed),
+        execute(c, plan),
         c.batch_execute("release savepoint pgfan_task"),
     );
     sp?;
-    let n = n?;
+    let ran = ran?;
     rel?;
-    Ok(n)
+    Ok(match ran {
+        Ran::Done(res) => res,
+        // A copy returns one row with its count: never near the cap.
+        Ran::TooLarge(msg) => TaskResult::failed(msg),
+    })
 }
 
 /// Records every task's result with task_finish_many and commits (one round trip).
@@ -225,7 +226,8 @@ async fn finish(c: &Client, items: &[Item]) -> Result<(), tokio_postgres::Error>
         .collect();
     let states: Vec<&str> = results.iter().map(|r| r.state).collect();
     let errors: Vec<Option<&str>> = results.iter().map(|r| r.error.as_deref()).collect();
-    let docs: Vec<String> = results.iter().map(|r| r.json().to_string()).collect();
+    let docs: Vec<Json> = results.iter().map(|r| r.json()).collect();
+    let docs: Vec<&str> = docs.iter().map(|d| &**d).collect();
     let params: [(&(dyn ToSql + Sync), Type); 5] = [
         (&ids, Type::INT8_ARRAY),
         (&keys, Type::TEXT_ARRAY),

@@ -257,15 +257,13 @@ impl Executor {
         let intent = SharedIntent::default();
         let cancel = client.cancel_token();
         let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
+        // One task runs alone, where a cancel can stop its statement; several in a batch.
         let handle = match <[Task; 1]>::try_from(tasks) {
-            Ok([task]) if !batch::batchable(&task) || self.solo.contains(&task.task_id) => {
+            Ok([task]) => {
                 tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
                 self.running
                     .spawn(worker::run(client, task, cfg, intent.clone()))
             }
-            Ok(one) => self
-                .running
-                .spawn(batch::run(client, one.into(), cfg, intent.clone())),
             Err(tasks) => {
                 tracing::debug!(tasks = ids.len(), first = ?ids.first(), "Batch started");
                 self.running

@@ -15,22 +15,13 @@ create or replace function pgfan.node_ship_batch(
     i_node text, i_task_ids bigint[], i_job_ids text[], i_results text[])
 returns integer as $$
 declare
-    v_other bigint;
     v_data text;
 begin
     perform pgfan.node_caller(i_node);
     if coalesce(cardinality(i_task_ids), 0) = 0 then
         return 0;
     end if;
-    -- Task by task through the primary key, as in node_ship_results.
-    select min(t.task_id) into v_other
-      from unnest(i_task_ids) u(task_id)
-      join pgfan.task t on t.task_id = u.task_id
-     where t.node_name <> i_node;
-    if v_other is not null then
-        raise exception 'pgfan: task % does not belong to node %', v_other, i_node
-            using errcode = 'insufficient_privilege';
-    end if;
+    perform pgfan.check_node_tasks(i_node, i_task_ids);
     select '[' || string_agg(format('{"task":%s,"job":%s,"result":%s}', u.task_id,
                                     coalesce(to_json(u.job_id)::text, 'null'),
                                     coalesce(u.result, 'null')), ',' order by u.n) || ']'

@@ -9,21 +9,9 @@
 create or replace function pgfan.node_ship_results(
     i_node text, i_task_ids bigint[], i_job_ids text[], i_results text[])
 returns integer as $$
-declare
-    v_other bigint;
 begin
     perform pgfan.node_caller(i_node);
-    -- Looked up task by task through the primary key: with "= any(...) limit 1" the
-    -- planner expected an early match among the other nodes' tasks and scanned the whole
-    -- table (8 ms a call with 10k tasks in the delivery benchmark).
-    select min(t.task_id) into v_other
-      from unnest(i_task_ids) u(task_id)
-      join pgfan.task t on t.task_id = u.task_id
-     where t.node_name <> i_node;
-    if v_other is not null then
-        raise exception 'pgfan: task % does not belong to node %', v_other, i_node
-            using errcode = 'insufficient_privilege';
-    end if;
+    perform pgfan.check_node_tasks(i_node, i_task_ids);
     perform pgfan.enqueue('pgfan_results', 'result', u.result, u.task_id::text, u.job_id, i_node, null)
        from unnest(i_results, i_task_ids, i_job_ids) with ordinality as u(result, task_id, job_id, n)
       order by u.n;

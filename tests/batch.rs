@@ -1,11 +1,16 @@
-//! The node's batch executor: copy tasks of a claim run together in one node transaction,
-//! a savepoint each. What batching must not change: a failing task fails alone, every
-//! other effect commits exactly once with its record, lanes keep their order, and tasks
-//! that cannot be batched (`tx=0`, `sql`, timeouts) run beside the batches as before.
+//! The node's batch executor: copy and sql tasks of a claim run together in one node
+//! transaction, a savepoint each. What batching must not change: a failing task fails
+//! alone, every other effect commits exactly once with its record, lanes keep their order,
+//! a cancel stops only its own task, what a task's SQL does to its session does not reach
+//! the next task, and tasks that cannot be batched (`tx=0`, `call`, timeouts) run beside
+//! the batches as before.
 
 mod common;
 
-use common::node_env::{put, sql_task, start_node, stop_node, Env, Pull};
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::node_env::{master_tasks, put, sql_task, start_node, stop_node, Env, Pull};
 use pgfan::node::NodeConfig;
 
 fn copy(task: i64, data: String, lane: Option<&'static str>) -> Pull<'static> {
@@ -86,7 +91,8 @@ async fn batches_mix_with_lanes_and_tasks_that_run_alone() {
     let env = Env::new("b_mix").await;
     env.node_sql(
         "create table items (id int primary key, name text);
-         create table log (seq int);",
+         create table log (seq int);
+         create table plog (n serial, lane text, seq int);",
     )
     .await;
     let node = start_node(NodeConfig {
@@ -121,11 +127,28 @@ async fn batches_mix_with_lanes_and_tasks_that_run_alone() {
         options: Some("timeout_ms=5000"),
         ..copy(43, "action=ins&id=43&name=n43".into(), None)
     });
+    // A job of many statements at parallel 2, as run_parallel routes it: two lanes.
+    for i in 44..=63 {
+        let lane = if i % 2 == 0 { "7:0" } else { "7:1" };
+        let sql = format!("insert into plog (lane, seq) values ('{lane}', {i}); select {i}");
+        tasks.push(Pull {
+            lane: Some(lane),
+            ..sql_task(i, &sql)
+        });
+    }
     put(&env, &tasks).await;
-    env.wait_shipped(&(1..=43).collect::<Vec<_>>()).await;
+    env.wait_shipped(&(1..=63).collect::<Vec<_>>()).await;
     for (id, state, attempts) in states(&env).await {
         assert_eq!((state.as_str(), attempts), ("done", 1), "task {id}");
     }
+    let out_of_order = env
+        .node_count(
+            "select count(*) from (select seq < lag(seq) over (partition by lane order by n) as back
+                                     from plog) s where back",
+        )
+        .await;
+    assert_eq!(out_of_order, 0, "each lane's statements ran in order");
+    assert_eq!(env.node_count("select count(*) from plog").await, 20);
     let name: String = env
         .node
         .connect()
@@ -137,6 +160,119 @@ async fn batches_mix_with_lanes_and_tasks_that_run_alone() {
     assert_eq!(name, "d", "the lane's copies ran in order");
     assert_eq!(env.node_count("select count(*) from items").await, 38);
     assert_eq!(env.node_count("select count(*) from log").await, 2);
+    stop_node(node).await;
+    env.stop_ticker().await;
+}
+
+/// One worker and every task claimed at once: the node runs them as one batch.
+fn one_batch(env: &Env) -> NodeConfig {
+    NodeConfig {
+        workers: 1,
+        ..env.config()
+    }
+}
+
+#[tokio::test]
+async fn sql_tasks_share_a_transaction_but_not_their_failures_or_sessions() {
+    let env = Env::new("b_sql").await;
+    env.node_sql("create table log (seq int, tx bigint default pg_catalog.txid_current())")
+        .await;
+    let tasks: Vec<Pull> = (1..=30)
+        .map(|i| match i {
+            10 => sql_task(i, "select 1/0"),
+            // Session changes that would capture or break the tasks after it, if kept: a
+            // temporary table shadowing `log`, a search_path without it, a 1 ms timeout.
+            15 => sql_task(
+                i,
+                "create temp table log (seq int); set search_path = nowhere; \
+                 select pg_catalog.set_config('statement_timeout', '1', false)",
+            ),
+            20 => sql_task(
+                i,
+                "insert into log values (20); set role none; select pg_catalog.pg_sleep(0.01)",
+            ),
+            _ => sql_task(i, &format!("insert into log values ({i}); select {i} as n")),
+        })
+        .collect();
+    put(&env, &tasks).await;
+    let node = start_node(one_batch(&env));
+    env.wait_shipped(&(1..=30).collect::<Vec<_>>()).await;
+    for (id, state, attempts) in states(&env).await {
+        let want = if id == 10 { "failed" } else { "done" };
+        assert_eq!((state.as_str(), attempts), (want, 1), "task {id}");
+    }
+    assert_eq!(
+        env.result(10).await["error"]
+            .as_str()
+            .map(|e| e.contains("22012")),
+        Some(true)
+    );
+    assert_eq!(env.result(29).await["rows"], serde_json::json!([["29"]]));
+    // Every insert but 10's and 15's reached the real table, in one node transaction.
+    assert_eq!(env.node_count("select count(*) from public.log").await, 28);
+    assert_eq!(
+        env.node_count("select count(distinct tx) from public.log")
+            .await,
+        1,
+        "the tasks ran as one batch"
+    );
+    stop_node(node).await;
+    env.stop_ticker().await;
+}
+
+#[tokio::test]
+async fn a_cancel_mid_batch_stops_only_its_own_tasks() {
+    let env = Env::new("b_cancel").await;
+    env.node_sql("create table log (seq int)").await;
+    let (first, last) = ("insert into log values (1)", "insert into log values (4)");
+    let sleep = "select pg_catalog.pg_sleep(30)";
+    // The batch runs them in task order: the first insert, the first sleep (running when
+    // the cancel comes), the second sleep (reached after it), the last insert.
+    let (_, before) = master_tasks(&env, None, &[first]).await;
+    let (job, doomed) = master_tasks(&env, None, &[sleep, sleep]).await;
+    let (_, after) = master_tasks(&env, None, &[last]).await;
+    let keep = [before[0], after[0]];
+    let order = [keep[0], doomed[0], doomed[1], keep[1]];
+    let sqls = [first, sleep, sleep, last];
+    let tasks: Vec<Pull> = order
+        .iter()
+        .zip(sqls)
+        .map(|(&id, sql)| sql_task(id, sql))
+        .collect();
+    put(&env, &tasks).await;
+    let node = start_node(one_batch(&env));
+    eventually(
+        &env.node,
+        "select exists (select 1 from pg_stat_activity
+                         where datname = current_database() and state = 'active'
+                           and query = 'select pg_catalog.pg_sleep(30)')",
+    )
+    .await;
+    let started = Instant::now();
+    let cancelled: bool = env
+        .master
+        .connect()
+        .await
+        .query_one("select pgfan.cancel($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    env.wait_shipped(&order).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the sleeping tasks were stopped, not waited for"
+    );
+    for id in doomed {
+        assert_eq!(env.result(id).await["state"], "cancelled", "task {id}");
+    }
+    for id in keep {
+        assert_eq!(env.result(id).await["state"], "done", "task {id}");
+    }
+    assert_eq!(env.node_count("select count(*) from log").await, 2);
+    for (id, _, attempts) in states(&env).await {
+        assert!(attempts <= 1, "task {id} ran {attempts} times");
+    }
     stop_node(node).await;
     env.stop_ticker().await;
 }

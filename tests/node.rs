@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::node_env::{put, sql_task, start_node, stop_node, urlencode, Env, Pull};
+use common::node_env::{master_tasks, put, sql_task, start_node, stop_node, urlencode, Env, Pull};
 use common::{eventually, TestDb};
 use pgfan::cluster::{Cluster, StopMode};
 use pgfan::consumer::{BatchHandler, BatchRef};
@@ -303,38 +303,11 @@ async fn call_and_copy_follow_the_allow_lists() {
     env.stop_ticker().await;
 }
 
-/// A job with one task per SQL text on the master, as the relay would create them.
-async fn master_tasks(env: &Env, sqls: &[&str]) -> (i64, Vec<i64>) {
-    let m = env.master.connect().await;
-    let job: i64 = m
-        .query_one(
-            "insert into pgfan.job (kind) values ('sql') returning job_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let mut ids = Vec::new();
-    for sql in sqls {
-        let id: i64 = m
-            .query_one(
-                "insert into pgfan.task (job_id, node_name, kind, payload, lane)
-                 values ($1, $2, 'sql', $3, 'l') returning task_id",
-                &[&job, &env.name, sql],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        ids.push(id);
-    }
-    (job, ids)
-}
-
 #[tokio::test]
 async fn cancel_on_the_master_stops_running_and_waiting_tasks() {
     let env = Env::new("n_cancel").await;
     let node = start_node(env.config());
-    let (job, ids) = master_tasks(&env, &["select pg_sleep(30)", "select 2"]).await;
+    let (job, ids) = master_tasks(&env, Some("l"), &["select pg_sleep(30)", "select 2"]).await;
     put(
         &env,
         &[

@@ -98,22 +98,25 @@ async fn dblink_set(runner: &Client, node: &str, sqls: &[String], connect: bool)
     Ok(took)
 }
 
-/// Node-side timing of a job's tasks: first start → last finish on the node, and last
-/// finish → last shipped to the master.
+/// Node-side timing of a job's tasks: last claimed → first start, first start → last
+/// finish on the node, and last finish → last shipped to the master.
 async fn node_side(node: &Client, job: i64) -> Result<String> {
     let r = node
         .query_one(
-            "select (extract(epoch from max(finished_at) - min(started_at)) * 1000)::float8,
+            "select (extract(epoch from min(started_at) - max(claimed_at)) * 1000)::float8,
+                    (extract(epoch from max(finished_at) - min(started_at)) * 1000)::float8,
                     (extract(epoch from max(shipped_at) - max(finished_at)) * 1000)::float8
                from pgfan_node.task where job_id = $1",
             &[&job],
         )
         .await?;
-    let (run, ship): (Option<f64>, Option<f64>) = (r.get(0), r.get(1));
+    let ms = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
     Ok(format!(
-        "on the node: first start→last finish {:.0} ms, last finish→last shipped {:.0} ms",
-        run.unwrap_or(f64::NAN),
-        ship.unwrap_or(f64::NAN)
+        "on the node: last claimed→first start {:.0} ms, first start→last finish {:.0} ms, \
+         last finish→last shipped {:.0} ms",
+        ms(0),
+        ms(1),
+        ms(2)
     ))
 }
 

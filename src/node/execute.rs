@@ -13,7 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow, SimpleQueryStream};
 
 use super::plan::Plan;
-use super::result::{Rows, TaskResult};
+use super::result::{Budget, Rows, TaskResult};
 
 /// Name of the cursor through which `call` results are read as text.
 const CURSOR: &str = "pgfan_task_rows";
@@ -37,9 +37,18 @@ pub enum Ran {
 
 /// Runs the planned work; inside a transaction when `c` has one open.
 pub async fn execute(c: &Client, plan: &Plan) -> Result<Ran, tokio_postgres::Error> {
+    execute_within(c, plan, None).await
+}
+
+/// [`execute`], its rows also counted against a batch's `budget`.
+pub async fn execute_within(
+    c: &Client,
+    plan: &Plan,
+    budget: Option<&Budget>,
+) -> Result<Ran, tokio_postgres::Error> {
     match plan {
         Plan::Raw { sql, types } => {
-            let mut rows = Rows::new(types.as_ref());
+            let mut rows = Rows::within(types.as_ref(), budget);
             let fits = read(c.simple_query_raw(sql).await?, &mut rows, true).await?;
             Ok(ran(rows, fits))
         }
@@ -50,7 +59,7 @@ pub async fn execute(c: &Client, plan: &Plan) -> Result<Ran, tokio_postgres::Err
                 &refs(params),
             )
             .await?;
-            let mut rows = Rows::new(Some(shape));
+            let mut rows = Rows::within(Some(shape), budget);
             let fetch = format!("fetch forward {FETCH_ROWS} from {CURSOR}");
             loop {
                 let before = rows.count();

@@ -2,8 +2,10 @@
 //!
 //! One loop picks runnable tasks (`pgfan_node.runnable_tasks`: same lane = strictly in
 //! task_id order, other lanes and lane-less tasks in parallel), up to `workers` at a time,
-//! and hands each to a worker with a connection of the pool. It reads a few runnable tasks
-//! ahead, so that most starts cost no query. It wakes when the claim
+//! and hands each to a worker with a connection of the pool: one task alone, or under a
+//! backlog a batch of them in one node transaction ([`batch`]). It reads runnable tasks
+//! ahead, lanes' later tasks included, so that most starts cost no query; a lane's later
+//! task starts only after its predecessor, in the same batch or once that has finished. It wakes when the claim
 //! handler claimed a batch, when a worker finishes, and every `poll_period` as a fallback.
 //! Cancellations from the master arrive as commands: a running task gets its statement
 //! cancelled (CancelToken), a waiting one is recorded as cancelled. On stop it drains:
@@ -43,17 +45,15 @@ pub enum Command {
     Drain(Instant),
 }
 
-/// A running worker: one task, or a batch of copy tasks in one transaction.
+/// A running worker: one task, or a batch of tasks in one transaction.
 struct Busy {
     tasks: Vec<i64>,
+    /// The lanes of its tasks: their later tasks wait until it has finished.
+    lanes: Vec<String>,
     intent: SharedIntent,
     cancel: CancelToken,
-}
-
-impl Busy {
-    fn batch(&self) -> bool {
-        self.tasks.len() > 1
-    }
+    /// A batch's cancels, sent while the server runs the task they are for.
+    batch: Option<Arc<batch::Control>>,
 }
 
 /// The executor of one node.
@@ -193,7 +193,7 @@ impl Executor {
         if free == 0 {
             return Ok(());
         }
-        if self.ready.len() < free {
+        if self.startable() < free {
             let busy: Vec<i64> = self.worker_of.keys().copied().collect();
             let limit = (cfg.workers * READ_AHEAD).max(batch::MAX_TASKS) as i32;
             let rows = self
@@ -226,24 +226,72 @@ impl Executor {
         Ok(())
     }
 
-    /// What the next free worker runs: the first ready task, and if it can run in a batch,
-    /// the other batchable ready tasks too, shared fairly among the `free` workers (so a
-    /// burst keeps every connection busy) up to a batch's size. A lane's tasks never meet
-    /// in one batch: a lane's next task is not ready until its predecessor finished.
+    /// Lanes with a task running: their later tasks wait.
+    fn busy_lanes(&self) -> HashSet<String> {
+        self.busy
+            .values()
+            .flat_map(|b| b.lanes.iter().cloned())
+            .collect()
+    }
+
+    /// Ready tasks that could start now: the first of each lane that is not running.
+    fn startable(&self) -> usize {
+        let mut blocked = self.busy_lanes();
+        self.ready
+            .iter()
+            .filter(|t| match &t.lane {
+                Some(l) => blocked.insert(l.clone()),
+                None => true,
+            })
+            .count()
+    }
+
+    /// What the next free worker runs: the first ready task whose lane is not running, and
+    /// if it can run in a batch, other batchable ready tasks too, shared fairly among the
+    /// `free` workers (so a burst keeps every connection busy) up to a batch's size. A lane
+    /// stays in one batch: its tasks follow their predecessor there, in order, or wait for
+    /// that batch to finish. Lanes, and lane-less tasks, are spread over the batches like
+    /// the tasks, so that `parallel`'s lanes run side by side.
     fn next_work(&mut self, free: usize) -> Vec<Task> {
-        let Some(first) = self.ready.pop_front() else {
+        let mut blocked = self.busy_lanes();
+        let Some(pos) = self
+            .ready
+            .iter()
+            .position(|t| t.lane.as_ref().is_none_or(|l| !blocked.contains(l)))
+        else {
+            return Vec::new();
+        };
+        let Some(first) = self.ready.remove(pos) else {
             return Vec::new();
         };
         let batchable = |t: &Task| batch::batchable(t) && !self.solo.contains(&t.task_id);
         if !batchable(&first) {
             return vec![first];
         }
-        let n = 1 + self.ready.iter().filter(|t| batchable(t)).count();
+        let (n, groups) = self.batch_candidates(&first, &blocked, &batchable);
         let size = n.div_ceil(free).min(batch::MAX_TASKS);
+        let per_batch = groups.div_ceil(free);
+        let mut lanes: HashSet<String> = first.lane.iter().cloned().collect();
+        let mut taken_groups = 1;
         let mut tasks = vec![first];
         let mut rest = VecDeque::with_capacity(self.ready.len());
         while let Some(t) = self.ready.pop_front() {
-            if tasks.len() < size && batchable(&t) {
+            let take = tasks.len() < size
+                && batchable(&t)
+                && match &t.lane {
+                    Some(l) if blocked.contains(l) => false,
+                    Some(l) if lanes.contains(l) => true,
+                    _ => taken_groups < per_batch,
+                };
+            match (&t.lane, take) {
+                (Some(l), false) => {
+                    blocked.insert(l.clone());
+                }
+                (Some(l), true) if !lanes.insert(l.clone()) => {}
+                (_, true) => taken_groups += 1,
+                (None, false) => {}
+            }
+            if take {
                 tasks.push(t);
             } else {
                 rest.push_back(t);
@@ -253,21 +301,54 @@ impl Executor {
         tasks
     }
 
+    /// How many ready tasks could join a batch beginning with `first`, and in how many
+    /// groups (a lane's tasks are one group; a lane-less task is one).
+    fn batch_candidates(
+        &self,
+        first: &Task,
+        blocked: &HashSet<String>,
+        batchable: &impl Fn(&Task) -> bool,
+    ) -> (usize, usize) {
+        let mut blocked = blocked.clone();
+        let mut lanes: HashSet<&String> = first.lane.iter().collect();
+        let (mut n, mut groups) = (1, 1);
+        for t in &self.ready {
+            if let Some(l) = &t.lane {
+                if blocked.contains(l) {
+                    continue;
+                }
+                if !batchable(t) {
+                    blocked.insert(l.clone());
+                    continue;
+                }
+            } else if !batchable(t) {
+                continue;
+            }
+            n += 1;
+            if t.lane.as_ref().is_none_or(|l| lanes.insert(l)) {
+                groups += 1;
+            }
+        }
+        (n, groups)
+    }
+
     fn start(&mut self, client: Client, tasks: Vec<Task>, cfg: Arc<NodeConfig>) {
         let intent = SharedIntent::default();
         let cancel = client.cancel_token();
         let ids: Vec<i64> = tasks.iter().map(|t| t.task_id).collect();
+        let lanes: Vec<String> = tasks.iter().filter_map(|t| t.lane.clone()).collect();
         // One task runs alone, where a cancel can stop its statement; several in a batch.
-        let handle = match <[Task; 1]>::try_from(tasks) {
+        let (handle, ctl) = match <[Task; 1]>::try_from(tasks) {
             Ok([task]) => {
                 tracing::debug!(task_id = task.task_id, lane = ?task.lane, tx = task.tx, "Task started");
-                self.running
-                    .spawn(worker::run(client, task, cfg, intent.clone()))
+                let run = worker::run(client, task, cfg, intent.clone());
+                (self.running.spawn(run), None)
             }
             Err(tasks) => {
                 tracing::debug!(tasks = ids.len(), first = ?ids.first(), "Batch started");
-                self.running
-                    .spawn(batch::run(client, tasks, cfg, intent.clone()))
+                let ctl = Arc::new(batch::Control::new(cancel.clone(), cfg.db.clone()));
+                let run = batch::run(client, tasks, cfg, intent.clone(), ctl.clone());
+                (self.running.spawn(run), Some(ctl))
             }
         };
         for id in &ids {
@@ -275,8 +356,10 @@ impl Executor {
         }
         let busy = Busy {
             tasks: ids,
+            lanes,
             intent,
             cancel,
+            batch: ctl,
         };
         self.busy.insert(handle.id(), busy);
     }
@@ -318,6 +401,10 @@ impl Executor {
     async fn settle(&mut self, task_id: i64, outcome: Outcome) {
         if !matches!(outcome, Outcome::Split | Outcome::Lost | Outcome::Left) {
             self.solo.remove(&task_id);
+        } else {
+            // It runs again: tasks read ahead behind it in its lane must wait for it, so
+            // the ready list is read afresh (with it at its lane's head).
+            self.ready.clear();
         }
         match outcome {
             Outcome::Cancelled => {
@@ -384,17 +471,16 @@ impl Executor {
     }
 
     /// Cancels running tasks through their connection; records waiting ones as cancelled.
-    /// A task in a running batch is left to finish: cancelling its statement would roll
-    /// back the whole batch; its late result is handled on the master like any late one.
+    /// In a batch only the task's own statement is cancelled (see [`batch::Control`]).
     async fn cancel(&mut self, ids: &[i64]) {
         let mut waiting = Vec::new();
         for id in ids {
             match self.worker_of.get(id).and_then(|w| self.busy.get(w)) {
-                Some(b) if b.batch() => {
-                    tracing::info!(
-                        task_id = id,
-                        "A cancelled task runs in a batch; it completes"
-                    );
+                Some(Busy {
+                    batch: Some(ctl), ..
+                }) => {
+                    tracing::info!(task_id = id, "Cancelling a task of a running batch");
+                    ctl.cancel(*id);
                 }
                 Some(b) => {
                     tracing::info!(task_id = id, "Cancelling a running task");
@@ -485,7 +571,7 @@ async fn check_task_login(c: &Client, role: &str) -> Result<(), FillError> {
 
 /// Asks the server to cancel the statement running on a worker's connection (over TLS when
 /// the node's connection string asks for it).
-fn send_cancel(conninfo: &str, token: CancelToken) {
+pub(super) fn send_cancel(conninfo: &str, token: CancelToken) {
     let conninfo = conninfo.to_string();
     tokio::spawn(async move {
         if let Err(err) = crate::db::cancel(&conninfo, &token).await {

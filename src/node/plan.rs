@@ -7,6 +7,7 @@
 //! a text parameter (call arguments) or as one JSON parameter (copy rows).
 
 use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
@@ -110,8 +111,15 @@ async fn shape_of(
         .iter()
         .map(|c| c.name().to_string())
         .collect();
-    let oids: Vec<u32> = stmt.columns().iter().map(|c| c.type_().oid()).collect();
-    let mods: Vec<i32> = stmt.columns().iter().map(|c| c.type_modifier()).collect();
+    let pairs: Vec<(u32, i32)> = stmt
+        .columns()
+        .iter()
+        .map(|c| (c.type_().oid(), c.type_modifier()))
+        .collect();
+    if let Some(types) = builtin_names(&pairs) {
+        return Ok(Shape { columns, types });
+    }
+    let (oids, mods): (Vec<u32>, Vec<i32>) = pairs.iter().copied().unzip();
     let types: Vec<String> = c
         .query_one(
             "select coalesce(array_agg(pg_catalog.format_type(t, nullif(m, -1)) order by n), '{}')
@@ -120,7 +128,35 @@ async fn shape_of(
         )
         .await?
         .get(0);
+    remember_builtin(&pairs, &types);
     Ok(Shape { columns, types })
+}
+
+/// Below this OID, types are PostgreSQL's own (FirstNormalObjectId): their names never
+/// change, and as pg_catalog's they print the same whatever the search_path.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// `format_type` names of built-in types seen so far: most tasks return only those, and
+/// then their shape costs no query.
+fn builtin_cache() -> &'static Mutex<HashMap<(u32, i32), String>> {
+    static CACHE: OnceLock<Mutex<HashMap<(u32, i32), String>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+fn builtin_names(pairs: &[(u32, i32)]) -> Option<Vec<String>> {
+    let cache = builtin_cache().lock().unwrap_or_else(|e| e.into_inner());
+    pairs.iter().map(|p| cache.get(p).cloned()).collect()
+}
+
+fn remember_builtin(pairs: &[(u32, i32)], names: &[String]) {
+    let mut cache = builtin_cache().lock().unwrap_or_else(|e| e.into_inner());
+    for (pair, name) in pairs.iter().zip(names) {
+        // A type modifier can take any value (varchar(n)): bounded, so a stream of new
+        // ones cannot grow the cache without end.
+        if pair.0 < FIRST_NORMAL_OID && cache.len() < 1024 {
+            cache.insert(*pair, name.clone());
+        }
+    }
 }
 
 async fn plan_call(

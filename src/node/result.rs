@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use super::plan::Shape;
@@ -20,6 +21,19 @@ pub const MAX_RESULT_BYTES: usize = 16 << 20;
 
 /// Text this large is followed by handing freed memory back to the system.
 pub const TRIM_ABOVE: usize = 1 << 20;
+
+/// Bytes of result shared by the tasks of one batch: they hold their results until the
+/// batch records them, so together they stay under one task's cap, and a worker's memory
+/// stays bounded by the cap whatever a batch's tasks return.
+#[derive(Debug, Default)]
+pub struct Budget(AtomicUsize);
+
+impl Budget {
+    /// Takes `n` more bytes; false once the batch's results together pass the cap.
+    fn take(&self, n: usize) -> bool {
+        self.0.fetch_add(n, Ordering::Relaxed) + n <= MAX_RESULT_BYTES
+    }
+}
 
 /// The outcome of one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +124,8 @@ impl Drop for Json {
 /// arrive: the document up to the rows, then each row, then `]}` when [`Rows::finish`]ed.
 pub struct Rows<'a> {
     shape: Option<&'a Shape>,
+    /// The batch's shared budget, when the task runs in one.
+    budget: Option<&'a Budget>,
     text: String,
     rows: u64,
     /// Whether the statement being read has described its columns (simple protocol: a
@@ -120,9 +136,15 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// An empty result, typed by `shape` if its columns turn out to match.
     pub fn new(shape: Option<&'a Shape>) -> Self {
+        Self::within(shape, None)
+    }
+
+    /// [`Rows::new`], its bytes also counted against a batch's `budget`.
+    pub fn within(shape: Option<&'a Shape>, budget: Option<&'a Budget>) -> Self {
         map_large_blocks();
         let mut rows = Rows {
             shape,
+            budget,
             text: String::new(),
             rows: 0,
             described: false,
@@ -163,6 +185,7 @@ impl<'a> Rows<'a> {
         &mut self,
         values: impl IntoIterator<Item = Result<Option<&'v str>, E>>,
     ) -> Result<bool, E> {
+        let before = self.text.len();
         if self.rows > 0 {
             self.text.push(',');
         }
@@ -178,7 +201,8 @@ impl<'a> Rows<'a> {
         }
         self.text.push(']');
         self.rows += 1;
-        Ok(self.text.len() + "]}".len() <= MAX_RESULT_BYTES)
+        let shared = self.budget.is_none_or(|b| b.take(self.text.len() - before));
+        Ok(shared && self.text.len() + "]}".len() <= MAX_RESULT_BYTES)
     }
 
     /// Rows of the result so far.

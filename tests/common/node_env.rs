@@ -148,6 +148,34 @@ impl Env {
     }
 }
 
+/// A job with one task per SQL text on the master (in `lane`), as the relay would create
+/// them; the job's id and its tasks' ids.
+pub async fn master_tasks(env: &Env, lane: Option<&str>, sqls: &[&str]) -> (i64, Vec<i64>) {
+    let m = env.master.connect().await;
+    let job: i64 = m
+        .query_one(
+            "insert into pgfan.job (kind) values ('sql') returning job_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut ids = Vec::new();
+    for sql in sqls {
+        let id: i64 = m
+            .query_one(
+                "insert into pgfan.task (job_id, node_name, kind, payload, lane)
+                 values ($1, $2, 'sql', $3, $4) returning task_id",
+                &[&job, &env.name, sql, &lane],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    (job, ids)
+}
+
 /// One pull event as the relay writes it.
 pub struct Pull<'a> {
     pub task: i64,

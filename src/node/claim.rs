@@ -110,6 +110,10 @@ impl BatchHandler for ClaimHandler {
         let events = self.take_batch(batch);
         let rows = claim_rows(&events);
         let fresh = self.claim_on_node(batch.batch_id, &rows).await?;
+        // The tasks are committed on the node: they may run while the master side of the
+        // claim finishes. A result may even be recorded on the master first: the reducer
+        // takes results of queued tasks, and tasks_claimed moves only tasks still queued.
+        self.wake.notify_one();
         let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
         tx.query_one(
             "select pgfan.tasks_claimed($1, $2)",
@@ -123,7 +127,6 @@ impl BatchHandler for ClaimHandler {
             redone = !fresh,
             "Batch claimed"
         );
-        self.wake.notify_one();
         Ok(())
     }
 }

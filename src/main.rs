@@ -95,6 +95,11 @@ enum Cmd {
         /// Events fetched per round trip through a cursor (0 = whole batch at once).
         #[arg(long, default_value_t = 300)]
         lazy_fetch: i32,
+        /// Stay registered on exit, to go on where this run stopped next time. Without it
+        /// a consumer this run registered is unregistered on exit, so that it neither
+        /// shows as lagging nor holds back the rotation of the queue's tables.
+        #[arg(long)]
+        keep: bool,
     },
     /// Start throwaway local clusters and run the whole pipeline end to end.
     Demo,
@@ -165,8 +170,33 @@ where
     }))
 }
 
+/// Errors end the process with one line on stderr and exit status 1; the backtrace that
+/// `RUST_BACKTRACE` would add to anyhow's report is for developers, not operators.
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_line(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, each said once: a context that already quotes its cause (as
+/// many database errors do) is not followed by the same text again.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Install { db, role } => {
             init_logging(None)?;
@@ -252,12 +282,39 @@ async fn main() -> Result<()> {
             consumer,
             print,
             lazy_fetch,
+            keep,
         } => {
             init_logging(None)?;
             anyhow::ensure!(print, "nothing to do: pass --print");
-            let mut opts = pgfan::consumer::ConsumerOptions::new(db, queue, consumer);
+            let client = pgfan::db::connect_client(&db)
+                .await
+                .context("connecting to the queue database")?;
+            let registered: bool = client
+                .query_one(
+                    "select exists (select 1 from pgq.get_consumer_info($1, $2))",
+                    &[&queue, &consumer],
+                )
+                .await
+                .context("reading the queue's consumers")?
+                .get(0);
+            drop(client);
+            let opts_db = db.clone();
+            let mut opts =
+                pgfan::consumer::ConsumerOptions::new(db, queue.clone(), consumer.clone());
             opts.lazy_fetch = lazy_fetch;
-            pgfan::print_consumer::run(opts, pgfan::signals::listen()?).await?;
+            let ran = pgfan::print_consumer::run(opts, pgfan::signals::listen()?).await;
+            if !registered && !keep {
+                pgfan::db::connect_client(&opts_db)
+                    .await
+                    .context("connecting to the queue database")?
+                    .query_one(
+                        "select pgq.unregister_consumer($1, $2)",
+                        &[&queue, &consumer],
+                    )
+                    .await
+                    .context("unregistering the consumer this run registered")?;
+            }
+            ran?;
         }
         Cmd::Demo => {
             // The demo prints its own steps; the daemons inside it log only trouble.

@@ -158,3 +158,68 @@ async fn operator_commands_drive_the_pipeline() {
     );
     topo.shutdown().await.unwrap();
 }
+
+/// `pgfan consume --print` until its first event, then SIGTERM; whether its consumer is
+/// still registered afterwards.
+async fn consume_once(topo: &Topology, extra: &[&str]) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    let master = topo.master_client().await.unwrap();
+    master
+        .batch_execute("select pgq.create_queue('cli_q')")
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfan"))
+        .args(["consume", "--print", "--queue", "cli_q"])
+        .args(extra)
+        .env("PGFAN_DB", topo.master_conninfo())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Events reach a consumer registered before them: insert until one is printed.
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            master
+                .batch_execute(
+                    "select pgq.insert_event('cli_q', 't', 'd'); select pgq.force_tick('cli_q')",
+                )
+                .await
+                .unwrap();
+            tokio::select! {
+                line = lines.next_line() => break line.unwrap().unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    })
+    .await
+    .expect("consume --print printed an event");
+    assert!(line.contains("\"ev_type\":\"t\""), "{line}");
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().await.unwrap().success());
+    let registered: bool = master
+        .query_one(
+            "select exists (select 1 from pgq.get_consumer_info('cli_q', 'pgfan_consume'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    master
+        .batch_execute("select pgq.drop_queue('cli_q', true)")
+        .await
+        .unwrap();
+    registered
+}
+
+#[tokio::test]
+async fn consume_print_leaves_nothing_registered_unless_asked() {
+    let topo = Topology::start(1, |_| {}).await.unwrap();
+    assert!(!consume_once(&topo, &[]).await, "unregistered on exit");
+    assert!(
+        consume_once(&topo, &["--keep"]).await,
+        "--keep stays registered"
+    );
+    topo.shutdown().await.unwrap();
+}

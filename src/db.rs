@@ -63,6 +63,15 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The `application_name` of this process's sessions when their connection string sets
+/// none: the daemon and its node, so that `pg_stat_activity` tells daemons apart.
+static APPLICATION_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's sessions (once; a daemon calls it at start, e.g. "pgfan node n1").
+pub fn set_application_name(name: String) {
+    let _ = APPLICATION_NAME.set(name);
+}
+
 /// A client plus the asynchronous messages (notices, notifications) of its session.
 pub struct Session {
     pub client: Client,
@@ -93,6 +102,9 @@ pub async fn connect_as(
     }
     crate::passfile::apply(&mut cfg);
     default_keepalives(conninfo, &mut cfg);
+    if cfg.get_application_name().is_none() {
+        cfg.application_name(APPLICATION_NAME.get().map_or("pgfan", |n| n.as_str()));
+    }
     let connector = match crate::tls::connector(&tls) {
         Ok(c) => c,
         Err(err) => return Err(tls_error(err).await),

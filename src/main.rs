@@ -211,12 +211,14 @@ async fn run() -> Result<()> {
         Cmd::Ticker(args) => {
             let files = |c: &pgfan::ticker::TickerConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::ticker::TickerConfig::load, files)? {
+                pgfan::db::set_application_name("pgfan ticker".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "ticker")?;
                 pgfan::ticker::run(Some(args.config), d.cfg, d.control).await?;
             }
         }
         Cmd::Relay(args) => {
             if let Some(d) = prepare(&args, pgfan::relay::RelayConfig::load, |_| (None, None))? {
+                pgfan::db::set_application_name("pgfan relay".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "relay")?;
                 pgfan::relay::run(Some(&args.config), d.cfg, d.control).await?;
             }
@@ -224,6 +226,7 @@ async fn run() -> Result<()> {
         Cmd::Reducer(args) => {
             let load = pgfan::reducer::ReducerConfig::load;
             if let Some(d) = prepare(&args, load, |_| (None, None))? {
+                pgfan::db::set_application_name("pgfan reducer".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "reducer")?;
                 pgfan::reducer::run(Some(&args.config), d.cfg, d.control).await?;
             }
@@ -243,6 +246,7 @@ async fn run() -> Result<()> {
             };
             let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
             if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
+                pgfan::db::set_application_name(format!("pgfan node {}", d.cfg.name));
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "node")?;
                 pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
             }

@@ -312,6 +312,15 @@ async fn sigterm_while_idle_exits_0_promptly_and_logs_are_json_or_journald_style
     for d in &daemons {
         d.started().await;
     }
+    // Each daemon's sessions on the master say which daemon (and node) they are.
+    common::eventually(
+        &env.master,
+        "select count(distinct application_name) = 4 from pg_stat_activity
+          where datname = current_database()
+            and application_name in ('pgfan ticker', 'pgfan relay', 'pgfan reducer',
+                                     'pgfan node n1')",
+    )
+    .await;
     for d in &daemons {
         d.signal(libc::SIGTERM);
     }

@@ -201,11 +201,14 @@ const MASTER_WRITES: &str = "
              where queue_name = 'push_queue')";
 
 /// Server time (ms) of the master's top-level statements so far, but the producer's; NULL
-/// without pg_stat_statements (a run without `--profile`).
+/// without pg_stat_statements (a run without `--profile`). pg_stat_statements shows the
+/// producer's statement with its constants replaced (`pgq.insert_event($3, ...`), so it is
+/// told by its start: no daemon calls `pgq.insert_event` at top level.
 const MASTER_TIME: &str = "
     select case when exists (select 1 from pg_extension where extname = 'pg_stat_statements')
            then (select coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements
                   where toplevel and query not like '%push_queue%'
+                    and query not like 'select pgq.insert_event(%'
                     and dbid = (select oid from pg_database where datname = current_database()))
            end";
 

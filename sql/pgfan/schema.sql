@@ -54,17 +54,32 @@ create table if not exists pgfan.job (
 create index if not exists job_unfinished_idx on pgfan.job (deadline)
     where state in ('submitted', 'running');
 
-create table if not exists pgfan.job_result (
-    job_id      bigint not null references pgfan.job on delete cascade,
+-- A job's stored result rows. Readers use the view pgfan.job_result, which adds the rows of
+-- jobs whose result is read from their one task (pgfan.job.result_in_task; the view's
+-- file says why). Up to that change this table was pgfan.job_result itself: it is renamed
+-- in place, rows and all.
+do $rename$
+begin
+    if exists (select 1 from pg_catalog.pg_class
+                where oid = pg_catalog.to_regclass('pgfan.job_result') and relkind = 'r') then
+        alter table pgfan.job_result rename to job_result_row;
+    end if;
+end
+$rename$;
+create table if not exists pgfan.job_result_row (
+    job_id      bigint not null,
     row_no      integer not null,
     row_data    jsonb,
     primary key (job_id, row_no)
 );
+-- True when the job's result rows are its single task's rows (pgfan.complete_jobs), read
+-- through the view pgfan.job_result instead of copied into pgfan.job_result_row.
+alter table pgfan.job add column if not exists result_in_task boolean not null default false;
 
 create table if not exists pgfan.task (
     task_id         bigint primary key default nextval('pgfan.task_id_seq'),
-    job_id          bigint not null references pgfan.job on delete cascade,
-    node_name       text not null references pgfan.node on update cascade,
+    job_id          bigint not null,
+    node_name       text not null,
     part_no         integer not null default 0,
     kind            text not null,
     payload         text not null,
@@ -85,11 +100,25 @@ create index if not exists task_open_idx on pgfan.task (node_name, state)
     where state in ('queued', 'claimed', 'running');
 
 create table if not exists pgfan.task_row (
-    task_id     bigint not null references pgfan.task on delete cascade,
+    task_id     bigint not null,
     row_no      integer not null,
     vals        text[] not null,
     primary key (task_id, row_no)
 );
+
+-- No foreign keys between the pipeline's rows: the checks cost a trigger query and a row
+-- lock per inserted task, result row and job result row (about a fifth of the routing
+-- statement, pg_stat_statements on the delivery benchmark), for references that only
+-- pgfan's own functions write, each from the row it has just made or locked in the same
+-- statement or transaction. What the keys also did is kept by triggers that cost nothing
+-- on the hot path (pgfan.cascade_deletes, pgfan.node_references): deleting a job deletes
+-- its tasks and result rows, deleting a task its rows, renaming a node moves its tasks,
+-- and a node with tasks cannot be deleted. Installations of the previous version lose
+-- the keys here.
+alter table pgfan.task drop constraint if exists task_job_id_fkey;
+alter table pgfan.task drop constraint if exists task_node_name_fkey;
+alter table pgfan.task_row drop constraint if exists task_row_task_id_fkey;
+alter table pgfan.job_result_row drop constraint if exists job_result_job_id_fkey;
 
 create table if not exists pgfan.dead_letter (
     dl_id       bigserial primary key,

@@ -6,7 +6,7 @@
 -- `partials` and may have a WITH clause of its own. A CTE, not a temporary table: creating
 -- and dropping a table per job cost more than all the rest of finishing it (catalog rows
 -- and invalidations; measured with pg_stat_statements in the delivery benchmark). The
--- reduce's rows are stored in pgfan.job_result as jsonb, keeping numbers numbers. Raises
+-- reduce's rows are stored in pgfan.job_result_row as jsonb, keeping numbers numbers. Raises
 -- when the tasks disagree on their columns or the reduce fails; pgfan.complete_job
 -- records that. The search_path is deliberately the caller's: the reduce SQL is the
 -- user's and may name the user's tables unqualified; everything of pgfan's own is
@@ -34,14 +34,14 @@ begin
     if v_shapes > 1 then
         raise exception 'pgfan: the tasks of job % returned different columns', i_job_id;
     end if;
-    delete from pgfan.job_result where job_id = i_job_id;
+    delete from pgfan.job_result_row where job_id = i_job_id;
     if v_shapes = 0 or coalesce(cardinality(v_cols), 0) = 0 then
         return 0;
     end if;
     if lower(btrim(coalesce(v_reduce, 'concat'))) in ('concat', '') then
         v_kinds := pgfan.concat_kinds(v_types);
         if array_position(v_kinds, null) is null then
-            insert into pgfan.job_result (job_id, row_no, row_data)
+            insert into pgfan.job_result_row (job_id, row_no, row_data)
             select i_job_id, row_number() over (order by t.task_id, r.row_no),
                    pgfan.concat_row(v_cols, v_kinds, r.vals)
               from pgfan.task_row r join pgfan.task t using (task_id)
@@ -61,7 +61,7 @@ begin
     execute format('with partials as materialized (
                         select %s from pgfan.task_row r join pgfan.task t using (task_id)
                          where t.job_id = $1 and t.state = ''done'' order by t.task_id, r.row_no)
-                    insert into pgfan.job_result (job_id, row_no, row_data)
+                    insert into pgfan.job_result_row (job_id, row_no, row_data)
                     select $1, row_number() over (), to_jsonb(q) from (%s) q',
                    v_casts, pgfan.reduce_sql(v_reduce, v_cols))
         using i_job_id;

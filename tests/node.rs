@@ -587,3 +587,28 @@ async fn the_node_reconnects_after_its_database_restarts() {
     stop_node(node).await;
     env.stop_ticker().await;
 }
+
+#[tokio::test]
+async fn a_second_daemon_for_the_same_node_waits_as_a_standby() {
+    let env = Env::new("n_standby").await;
+    let first = start_node(env.config());
+    put(&env, &[sql_task(1, "select 1")]).await;
+    env.wait_shipped(&[1]).await;
+    let second = start_node(env.config());
+    let held = "select count(*) from pg_locks l join pg_database d on d.oid = l.database
+                 where l.locktype = 'advisory' and l.granted and l.classid = 1885824622
+                   and d.datname = current_database()";
+    // The first daemon holds the name; the standby holds nothing and keeps waiting.
+    assert_eq!(env.node_count(held).await, 1);
+    assert!(
+        !second.1.is_finished(),
+        "the standby waits rather than exiting"
+    );
+    stop_node(first).await;
+    // The standby takes over: the next task runs.
+    put(&env, &[sql_task(2, "select 2")]).await;
+    env.wait_shipped(&[2]).await;
+    assert_eq!(env.node_count(held).await, 1);
+    stop_node(second).await;
+    env.stop_ticker().await;
+}

@@ -8,6 +8,9 @@
 //! - ship (`ship`): finished results to the master queue `pgfan_results`;
 //! - heartbeat (`heartbeat`): `pgfan.node_heartbeat` and cancellations from the master.
 //!
+//! Before any of them start, the daemon takes the node's name ([`name_lock`]): a second
+//! daemon for the same node waits as a standby instead of sharing the work.
+//!
 //! Control: Stop = stop claiming (between batches), let running tasks finish until
 //! `stop_timeout`, cancel the rest (they run again after the restart), ship, exit. Quit =
 //! exit at once (open transactions roll back). Reload = re-read and check the file, then
@@ -19,6 +22,7 @@ mod execute;
 pub mod executor;
 mod guard;
 mod heartbeat;
+mod name_lock;
 pub mod payload;
 mod plan;
 mod result;
@@ -59,6 +63,8 @@ pub enum NodeError {
     Ended(&'static str),
     #[error("refusing to run tasks: {0}")]
     Unsafe(String),
+    #[error("{0}")]
+    NameTaken(String),
 }
 
 /// The claim consumer, restartable on reload.
@@ -198,9 +204,21 @@ pub async fn run(
         task_login = cfg.task_role.as_deref().unwrap_or("the daemon's own (tasks are trusted)"),
         "Node started"
     );
+    let Some(lock) = name_lock::take(&cfg, &mut control).await else {
+        tracing::info!("Node stopped while waiting as a standby");
+        return Ok(());
+    };
     let mut daemon = Daemon::start(cfg);
+    let mut keeper = JoinSet::new();
+    keeper.spawn(lock.keep(daemon.cfg.subscribe()));
     loop {
         tokio::select! {
+            Some(lost) = keeper.join_next() => {
+                let err = NodeError::NameTaken(lost.unwrap_or_else(|e| e.to_string()));
+                tracing::error!(error = %err, "Another daemon took this node's name; draining");
+                let _ = daemon.drain().await;
+                return Err(err);
+            }
             msg = control.recv() => match msg {
                 Some(Control::Reload) => daemon.reload(path.as_deref()).await,
                 Some(Control::Quit) => {

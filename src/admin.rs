@@ -17,7 +17,8 @@ use tokio_postgres::Client;
 pub enum AdminError {
     #[error("{}", crate::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("job {job} is {state}: {detail}")]
+    /// `detail` is the job's summary, which starts with its state ("failed: 1 of 3 ...").
+    #[error("job {job} {detail}")]
     JobNotDone {
         job: i64,
         state: String,
@@ -165,8 +166,8 @@ async fn print_result(c: &Client, job: i64, json: bool) -> Result<(), AdminError
     if state != "done" {
         return Err(AdminError::JobNotDone {
             job,
+            detail: summary.unwrap_or_else(|| state.clone()),
             state,
-            detail: summary.unwrap_or_default(),
         });
     }
     let rows: Vec<serde_json::Value> = c
@@ -305,6 +306,9 @@ pub enum NodeCmd {
     Disable { name: String },
     /// Back to active.
     Activate { name: String },
+    /// Take a node out for good: refused while it has open tasks (drain it first); its
+    /// queue is dropped, its login unbound, its history kept. `node add` brings it back.
+    Remove { name: String },
     /// Every node with its state and heartbeat.
     List,
     /// Bind the login role the node's daemon uses on the master; it may then act as this
@@ -318,6 +322,10 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<(), AdminError> {
         NodeCmd::Drain { name } => ("select pgfan.node_drain($1)", name),
         NodeCmd::Disable { name } => ("select pgfan.node_disable($1)", name),
         NodeCmd::Activate { name } => ("select pgfan.node_activate($1)", name),
+        NodeCmd::Remove { name } => (
+            "select format('removed (%s tasks kept as history)', pgfan.node_remove($1))",
+            name,
+        ),
         NodeCmd::Login { name, role } => {
             c.query_one("select pgfan.node_set_login($1, $2)", &[name, role])
                 .await?;

@@ -31,11 +31,20 @@ pub enum ConfigError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    /// A value set by an environment variable that the daemon rejects.
+    #[error("environment variable {var} (overriding {path}): {source}")]
+    Env {
+        path: PathBuf,
+        var: String,
+        #[source]
+        source: Box<config::ConfigError>,
+    },
 }
 
-/// Reads `path` into `T`; `env_prefix` (e.g. `PGFAN_TICKER`) names the overriding variables,
-/// such as `PGFAN_TICKER__POLL_PERIOD=5ms`.
-pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Reads `path` into `T`, the daemon's `section` overridden by its `PGFAN_<SECTION>__<KEY>`
+/// variables (`PGFAN_TICKER__POLL_PERIOD=5ms`). Variables of other daemons' sections are
+/// not read, so daemons can share an environment as they share a file.
+pub fn load<T: DeserializeOwned>(path: &Path, section: &str) -> Result<T, ConfigError> {
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => config::FileFormat::Toml,
         Some("ini") => config::FileFormat::Ini,
@@ -51,19 +60,33 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
             config::Environment::with_prefix("PGFAN")
                 .prefix_separator("_")
                 .separator("__")
-                .source(Some(overrides())),
+                .source(Some(overrides(section))),
         )
         .build()
         .map_err(load_err)?
         .try_deserialize()
-        .map_err(|source| locate(path, source))
+        .map_err(|source| locate(path, section, source))
 }
 
-/// Adds the line of the offending key to a deserialize error, when the file has it there.
-/// A file that cannot be read again, or a key set only in the environment, gets no line.
-fn locate(path: &Path, source: config::ConfigError) -> ConfigError {
+/// Adds where the offending key was set to a deserialize error: the environment variable
+/// that set it, or its line in the file. A file that cannot be read again gets no line.
+fn locate(path: &Path, section: &str, source: config::ConfigError) -> ConfigError {
     let msg = source.to_string();
-    let line = offending_key(&msg).and_then(|(section, key)| {
+    let offending = offending_key(&msg);
+    let var = offending.and_then(|(_, key)| {
+        let name = format!("PGFAN_{}__{}", section.to_uppercase(), key.to_uppercase());
+        overrides(section)
+            .into_keys()
+            .find(|k| k.to_uppercase() == name)
+    });
+    if let Some(var) = var {
+        return ConfigError::Env {
+            path: path.into(),
+            var,
+            source: Box::new(source),
+        };
+    }
+    let line = offending.and_then(|(section, key)| {
         let text = std::fs::read_to_string(path).ok()?;
         key_line(&text, section, key)
     });
@@ -142,11 +165,12 @@ pub fn checked<T>(
     Ok(cfg)
 }
 
-/// The `PGFAN_<SECTION>__<KEY>` variables. Others with the prefix, such as `PGFAN_LOG`,
-/// are not settings and would otherwise be read as unknown top-level keys.
-fn overrides() -> config::Map<String, String> {
+/// The `PGFAN_<SECTION>__<KEY>` variables of `section`. Others with the prefix, such as
+/// `PGFAN_LOG` or another daemon's `PGFAN_NODE__...`, are not this daemon's settings.
+fn overrides(section: &str) -> config::Map<String, String> {
+    let prefix = format!("PGFAN_{}__", section.to_uppercase());
     std::env::vars()
-        .filter(|(k, _)| k.starts_with("PGFAN_") && k["PGFAN_".len()..].contains("__"))
+        .filter(|(k, _)| k.to_uppercase().starts_with(&prefix))
         .collect()
 }
 
@@ -292,7 +316,7 @@ mod tests {
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
-            let err = load::<File>(&path).unwrap_err().to_string();
+            let err = load::<File>(&path, "s").unwrap_err().to_string();
             let want = format!("{}, line {line}: ", path.display());
             assert!(err.starts_with(&want), "{err:?} should start with {want:?}");
         }

@@ -61,6 +61,8 @@ pub struct ConsumerOptions {
     /// (`pgfan.node_next_batch` and friends) instead of the PgQ API, so that a node's
     /// login needs no `pgq_reader` (which would open every queue to it).
     pub node: Option<String>,
+    /// What the queue's database is to the daemon, for connection errors ("master").
+    pub role: &'static str,
 }
 
 impl ConsumerOptions {
@@ -83,6 +85,7 @@ impl ConsumerOptions {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
             node: None,
+            role: "master",
         }
     }
 
@@ -164,10 +167,13 @@ pub async fn run<H: BatchHandler>(
     let mut outage = Outage::new("consumer", format!("{}/{}", opts.queue, opts.consumer));
     let mut finished = 0;
     loop {
-        let err = match db::connect(&opts.conninfo).await {
+        let err = match db::connect_to(opts.role, &opts.conninfo).await {
             Ok(mut session) => {
-                outage.recovered();
-                match session_loop(opts, handler, &mut session, &mut stop, &mut finished).await {
+                let progress = Progress {
+                    finished: &mut finished,
+                    outage: &mut outage,
+                };
+                match session_loop(opts, handler, &mut session, &mut stop, progress).await {
                     Ok(()) => return Ok(finished),
                     Err(e) => e,
                 }
@@ -222,12 +228,21 @@ fn breaks_setup(err: &HandlerError) -> bool {
     })
 }
 
+/// What a session's loop reports back: batches finished, and the end of an outage.
+struct Progress<'a> {
+    finished: &'a mut u64,
+    /// Over once a round (a batch, or the look for one) succeeds, not when the master
+    /// connection opens: a batch that keeps failing on the handler's own database (a node
+    /// that is down) is one outage, backed off and logged once, not one per attempt.
+    outage: &'a mut Outage,
+}
+
 async fn session_loop<H: BatchHandler>(
     opts: &ConsumerOptions,
     handler: &mut H,
     session: &mut Session,
     stop: &mut watch::Receiver<bool>,
-    finished: &mut u64,
+    progress: Progress<'_>,
 ) -> Result<(), HandlerError> {
     session
         .client
@@ -260,8 +275,10 @@ async fn session_loop<H: BatchHandler>(
         if *stop.borrow() {
             return Ok(());
         }
-        if let Some(lag) = process_one(opts, handler, &mut session.client, behind).await? {
-            *finished += 1;
+        let round = process_one(opts, handler, &mut session.client, behind).await?;
+        progress.outage.recovered();
+        if let Some(lag) = round {
+            *progress.finished += 1;
             behind = lag > CATCH_UP_LAG;
             continue;
         }

@@ -208,6 +208,117 @@ pub async fn connect_client(conninfo: &str) -> Result<Client, tokio_postgres::Er
     Ok(connect(conninfo).await?.client)
 }
 
+/// [`connect`] for a daemon's connection to its `role` database ("master", "node"): a
+/// failure is logged with where it went ([`endpoint`]), at most once a minute per
+/// endpoint with the number of failed attempts in between, so that an operator reading
+/// the log knows which connection string to fix and a long outage does not flood it.
+pub async fn connect_to(
+    role: &'static str,
+    conninfo: &str,
+) -> Result<Session, tokio_postgres::Error> {
+    let result = connect(conninfo).await;
+    let key = (role, endpoint(conninfo));
+    let mut failures = CONNECT_FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    match &result {
+        Ok(_) => {
+            failures.remove(&key);
+        }
+        Err(err) => {
+            let now = std::time::Instant::now();
+            let entry = failures.entry(key.clone()).or_insert((now, 0));
+            entry.1 += 1;
+            if entry.1 == 1 || now.duration_since(entry.0) >= FAILURE_REPORT_PERIOD {
+                tracing::warn!(role, endpoint = %key.1, attempts = entry.1, error = %describe(err),
+                    "Cannot connect to the {role} database");
+                *entry = (now, 0);
+            }
+        }
+    }
+    result
+}
+
+/// [`connect_to`], the client only.
+pub async fn connect_client_to(
+    role: &'static str,
+    conninfo: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    Ok(connect_to(role, conninfo).await?.client)
+}
+
+/// A connection a daemon would open, for `--check-config --connect`: its role, connection
+/// string, and the login it uses instead of the string's (a node's `task_role`).
+pub struct Planned {
+    pub role: &'static str,
+    pub conninfo: String,
+    pub user: Option<String>,
+}
+
+/// Opens each planned connection once and prints a line for each on stdout; Err names
+/// the ones that failed.
+pub async fn try_connections(planned: &[Planned]) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for p in planned {
+        let mut place = endpoint(&p.conninfo);
+        if let Some(user) = &p.user {
+            place = format!("{place} as {user}");
+        }
+        match connect_as(&p.conninfo, p.user.as_deref()).await {
+            Ok(_) => println!("{} database ({place}): connected", p.role),
+            Err(err) => {
+                println!("{} database ({place}): {}", p.role, describe(&err));
+                failed.push(format!("{} ({place})", p.role));
+            }
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!("cannot connect to {}", failed.join(", "))),
+    }
+}
+
+/// How often a connection that keeps failing is logged again.
+const FAILURE_REPORT_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+type FailureLog = std::collections::HashMap<(&'static str, String), (std::time::Instant, u64)>;
+
+/// Per (role, endpoint): when its failure was last logged, and failures since.
+static CONNECT_FAILURES: std::sync::LazyLock<std::sync::Mutex<FailureLog>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Where a connection string leads, as libpq resolves it: host (or socket directory),
+/// port, database and user, e.g. `host=10.0.0.5 port=6432 dbname=app user=pgfan_n1`.
+/// Never the password.
+pub fn endpoint(conninfo: &str) -> String {
+    let rest = crate::tls::split(conninfo).map_or_else(|_| conninfo.to_string(), |(r, _)| r);
+    let Ok(cfg) = rest.parse::<tokio_postgres::Config>() else {
+        return "an unreadable connection string".to_string();
+    };
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
+    let user = cfg.get_user().unwrap_or("(the login user)");
+    format!(
+        "host={} port={} dbname={} user={user}",
+        if hosts.is_empty() {
+            "(default)".to_string()
+        } else {
+            hosts.join(",")
+        },
+        if ports.is_empty() {
+            "5432".to_string()
+        } else {
+            ports.join(",")
+        },
+        cfg.get_dbname().unwrap_or(user),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

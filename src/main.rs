@@ -114,6 +114,9 @@ struct DaemonArgs {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// With --check-config: also open every connection the daemon would use.
+    #[arg(long, requires = "check_config")]
+    connect: bool,
 }
 
 /// `pgfan node`: the daemon (`-c`), or a management command on the master.
@@ -126,6 +129,9 @@ struct NodeArgs {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// With --check-config: also open every connection the daemon would use.
+    #[arg(long, requires = "check_config")]
+    connect: bool,
     /// libpq connection string of the master database (management commands).
     #[arg(long, env = "PGFAN_DB", global = true)]
     db: Option<String>,
@@ -145,16 +151,22 @@ struct Prepared<C> {
 /// Loads the configuration; with --check-config reports on it and returns None. Otherwise
 /// starts logging (to `files(cfg).0` if set), writes the pid file (`files(cfg).1`), listens
 /// for signals and tells systemd (if it runs the daemon) that the daemon is ready.
-fn prepare<C, E>(
+async fn prepare<C, E>(
     args: &DaemonArgs,
     load: impl FnOnce(&Path) -> Result<C, E>,
     files: impl Fn(&C) -> (Option<PathBuf>, Option<PathBuf>),
+    connections: impl Fn(&C) -> Vec<pgfan::db::Planned>,
 ) -> Result<Option<Prepared<C>>>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     let cfg = load(&args.config)?;
     if args.check_config {
+        if args.connect {
+            pgfan::db::try_connections(&connections(&cfg))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
         println!("{}: ok", args.config.display());
         return Ok(None);
     }
@@ -210,14 +222,20 @@ async fn run() -> Result<()> {
         }
         Cmd::Ticker(args) => {
             let files = |c: &pgfan::ticker::TickerConfig| (c.logfile.clone(), c.pidfile.clone());
-            if let Some(d) = prepare(&args, pgfan::ticker::TickerConfig::load, files)? {
+            let load = pgfan::ticker::TickerConfig::load;
+            let conns = pgfan::ticker::TickerConfig::connections;
+            if let Some(d) = prepare(&args, load, files, conns).await? {
                 pgfan::db::set_application_name("pgfan ticker".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "ticker")?;
                 pgfan::ticker::run(Some(args.config), d.cfg, d.control).await?;
             }
         }
         Cmd::Relay(args) => {
-            if let Some(d) = prepare(&args, pgfan::relay::RelayConfig::load, |_| (None, None))? {
+            let (load, conns) = (
+                pgfan::relay::RelayConfig::load,
+                pgfan::relay::RelayConfig::connections,
+            );
+            if let Some(d) = prepare(&args, load, |_| (None, None), conns).await? {
                 pgfan::db::set_application_name("pgfan relay".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "relay")?;
                 pgfan::relay::run(Some(&args.config), d.cfg, d.control).await?;
@@ -225,7 +243,8 @@ async fn run() -> Result<()> {
         }
         Cmd::Reducer(args) => {
             let load = pgfan::reducer::ReducerConfig::load;
-            if let Some(d) = prepare(&args, load, |_| (None, None))? {
+            let conns = pgfan::reducer::ReducerConfig::connections;
+            if let Some(d) = prepare(&args, load, |_| (None, None), conns).await? {
                 pgfan::db::set_application_name("pgfan reducer".into());
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "reducer")?;
                 pgfan::reducer::run(Some(&args.config), d.cfg, d.control).await?;
@@ -237,15 +256,21 @@ async fn run() -> Result<()> {
         Cmd::Node(NodeArgs {
             config,
             check_config,
+            connect,
             ..
         }) => {
             let config = config.context("pass -c <config> to run the node daemon, or a command")?;
             let args = DaemonArgs {
                 config,
                 check_config,
+                connect,
             };
             let files = |c: &pgfan::node::NodeConfig| (c.logfile.clone(), c.pidfile.clone());
-            if let Some(d) = prepare(&args, pgfan::node::NodeConfig::load, files)? {
+            let (load, conns) = (
+                pgfan::node::NodeConfig::load,
+                pgfan::node::NodeConfig::connections,
+            );
+            if let Some(d) = prepare(&args, load, files, conns).await? {
                 pgfan::db::set_application_name(format!("pgfan node {}", d.cfg.name));
                 pgfan::metrics::serve_configured(d.cfg.metrics_listen.as_deref(), "node")?;
                 pgfan::node::run(Some(args.config), d.cfg, d.control).await?;
@@ -306,6 +331,7 @@ async fn run() -> Result<()> {
             let mut opts =
                 pgfan::consumer::ConsumerOptions::new(db, queue.clone(), consumer.clone());
             opts.lazy_fetch = lazy_fetch;
+            opts.role = "queue";
             let ran = pgfan::print_consumer::run(opts, pgfan::signals::listen()?).await;
             if !registered && !keep {
                 pgfan::db::connect_client(&opts_db)

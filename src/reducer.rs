@@ -74,6 +74,15 @@ struct ReducerFile {
 }
 
 impl ReducerConfig {
+    /// What `--check-config --connect` opens: the master.
+    pub fn connections(&self) -> Vec<crate::db::Planned> {
+        vec![crate::db::Planned {
+            role: "master",
+            conninfo: self.master.clone(),
+            user: None,
+        }]
+    }
+
     /// Defaults for the master at `master`.
     pub fn new(master: impl Into<String>) -> ReducerConfig {
         ReducerConfig {
@@ -91,7 +100,7 @@ impl ReducerConfig {
     pub fn load(path: &Path) -> Result<ReducerConfig, ConfigError> {
         config::checked(
             path,
-            config::load::<ReducerFile>(path)?.reducer,
+            config::load::<ReducerFile>(path, "reducer")?.reducer,
             Self::check,
         )
     }
@@ -320,7 +329,7 @@ async fn expire_session(
     stop: &mut watch::Receiver<bool>,
     outage: &mut Outage,
 ) -> Result<(), tokio_postgres::Error> {
-    let client = crate::db::connect_client(master).await?;
+    let client = crate::db::connect_client_to("master", master).await?;
     outage.recovered();
     loop {
         let n: i32 = client

@@ -173,6 +173,7 @@ async fn nodes(c: &Client, limits: Limits) -> Result<Vec<Node>, tokio_postgres::
                     count(t.*) filter (where t.state = 'running'),
                     count(t.*) filter (where t.state = 'failed' and t.finished_at > now() - interval '1 hour')
                from pgfan.node n left join pgfan.task t on t.node_name = n.node_name
+              where n.state <> 'removed'
               group by n.node_name order by n.node_name",
             &[],
         )

@@ -76,7 +76,14 @@ async fn operator_commands_drive_the_pipeline() {
     )
     .await;
     assert!(!success);
-    assert!(err.contains("is failed") && err.contains("later"), "{err}");
+    // One line, the state said once: "error: job 3 failed: 1 of 1 tasks failed: n2: ...".
+    assert!(err.starts_with("error: job "), "{err}");
+    assert!(err.contains(" failed: 1 of 1 tasks failed: n2: "), "{err}");
+    assert!(
+        !err.contains("failed: failed") && err.contains("later"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     let list = ok(&topo, &["dead-letter", "list"]).await;
     let id = list.split_whitespace().next().unwrap().to_string();
     assert!(list.contains("node") && list.contains("later"), "{list}");

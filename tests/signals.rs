@@ -388,11 +388,16 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_a_bad_one() {
 
 /// Runs `pgfan <role> -c <file> --check-config`; (exit code, stderr).
 fn check_config(role: &str, file: &Path) -> (Option<i32>, String) {
+    check_config_with(role, file, &[])
+}
+
+fn check_config_with(role: &str, file: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgfan"))
         .args([role, "-c"])
         .arg(file)
         .arg("--check-config")
-        .env("RUST_BACKTRACE", "0")
+        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run pgfan");
     (
@@ -451,4 +456,63 @@ fn config_errors_name_the_file_and_the_line() {
     std::fs::write(&good, "[node]\nname = \"n1\"\n").unwrap();
     let (code, stderr) = check_config("node", &good);
     assert_eq!(code, Some(0), "{stderr}");
+
+    // One environment for several daemons: a node's override is not the ticker's business.
+    let ticker = dir.path().join("ticker.toml");
+    std::fs::write(&ticker, "[ticker]\n").unwrap();
+    let shared = [("PGFAN_NODE__ALLOW_SQL", "false")];
+    let (code, stderr) = check_config_with("ticker", &ticker, &shared);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check_config_with("node", &good, &shared);
+    assert_eq!(code, Some(0), "{stderr}");
+    // A typo in an override names the variable, not a line of the file; said once, on one
+    // line, without a backtrace even when RUST_BACKTRACE asks for one.
+    let (code, stderr) = check_config_with("node", &good, &[("PGFAN_NODE__WORKRS", "3")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("environment variable PGFAN_NODE__WORKRS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("line "), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("unknown field").count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_connect_names_each_connection_and_where_it_failed() {
+    let env = Env::new().await;
+    let run = |text: String, name: &str| {
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pgfan"))
+            .args(["node", "-c"])
+            .arg(&path)
+            .args(["--check-config", "--connect"])
+            .output()
+            .expect("run pgfan");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = run(env.node_config(true), "good.toml");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(": connected").count(), 2, "{out}");
+    let bad = format!(
+        "[node]\nname = \"n1\"\nmaster = \"host=127.0.0.1 port=1 dbname=app connect_timeout=5\"\n\
+         db = {}\n",
+        quote(&env.node.conninfo)
+    );
+    let (code, out, err) = run(bad, "bad.toml");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("master database (host=127.0.0.1 port=1 dbname=app"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node database (") && out.contains(": connected"),
+        "{out}"
+    );
+    assert!(
+        err.contains("cannot connect to master (host=127.0.0.1 port=1"),
+        "{err}"
+    );
 }

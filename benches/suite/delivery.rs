@@ -205,17 +205,27 @@ const MASTER_WRITES: &str = "
 /// producer's statement with its constants replaced (`pgq.insert_event($3, ...`), so it is
 /// told by its start: no daemon calls `pgq.insert_event` at top level.
 const MASTER_TIME: &str = "
-    select case when exists (select 1 from pg_extension where extname = 'pg_stat_statements')
-           then (select coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements
-                  where toplevel and query not like '%push_queue%'
-                    and query not like 'select pgq.insert_event(%'
-                    and dbid = (select oid from pg_database where datname = current_database()))
-           end";
+    select coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements
+     where toplevel and query not like '%push_queue%'
+       and query not like 'select pgq.insert_event(%'
+       and dbid = (select oid from pg_database where datname = current_database())";
 
 /// The master's counters the two delivery metrics come from: (row writes, statement ms).
 async fn master_counters(master: &Client) -> Result<(f64, Option<f64>)> {
     let writes = master.query_one(MASTER_WRITES, &[]).await?.get(0);
-    let time = master.query_one(MASTER_TIME, &[]).await?.get(0);
+    // Names are resolved when a statement is parsed: without the extension, the view in
+    // MASTER_TIME does not exist at all, so it is asked about first.
+    let profiled: bool = master
+        .query_one(
+            "select exists (select 1 from pg_extension where extname = 'pg_stat_statements')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let time = match profiled {
+        true => Some(master.query_one(MASTER_TIME, &[]).await?.get(0)),
+        false => None,
+    };
     Ok((writes, time))
 }
 

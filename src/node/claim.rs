@@ -48,7 +48,7 @@ impl ClaimHandler {
     async fn node(&mut self) -> Result<&mut Client, tokio_postgres::Error> {
         let client = match self.node.take() {
             Some(c) if !c.is_closed() => c,
-            _ => crate::db::connect_client(&self.node_conninfo).await?,
+            _ => crate::db::connect_client_to("node", &self.node_conninfo).await?,
         };
         Ok(self.node.insert(client))
     }

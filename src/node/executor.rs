@@ -165,7 +165,7 @@ impl Executor {
         let conninfo = self.cfg.borrow().db.clone();
         let client = match self.control.take() {
             Some(c) if !c.is_closed() => c,
-            _ => crate::db::connect_client(&conninfo).await?,
+            _ => crate::db::connect_client_to("node", &conninfo).await?,
         };
         Ok(self.control.insert(client))
     }

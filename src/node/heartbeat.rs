@@ -54,8 +54,8 @@ async fn round(
     let s = match sessions.take() {
         Some(s) if !s.master.is_closed() && !s.node.is_closed() => s,
         _ => Sessions {
-            master: crate::db::connect_client(&cfg.master).await?,
-            node: crate::db::connect_client(&cfg.db).await?,
+            master: crate::db::connect_client_to("master", &cfg.master).await?,
+            node: crate::db::connect_client_to("node", &cfg.db).await?,
         },
     };
     let s = sessions.insert(s);

@@ -95,7 +95,7 @@ pub async fn take(
 
 /// One try: the lock, or who holds it.
 async fn attempt(cfg: &NodeConfig) -> Result<Result<NameLock, String>, tokio_postgres::Error> {
-    let session = crate::db::connect(&cfg.db).await?;
+    let session = crate::db::connect_to("node", &cfg.db).await?;
     if try_lock(&session.client, &cfg.name).await? {
         return Ok(Ok(NameLock {
             client: session.client,

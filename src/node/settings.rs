@@ -93,6 +93,24 @@ struct NodeFile {
 }
 
 impl NodeConfig {
+    /// What `--check-config --connect` opens: the master, the node database, and the node
+    /// database as the task login when one is set.
+    pub fn connections(&self) -> Vec<crate::db::Planned> {
+        let planned = |role, conninfo: &str, user: Option<&String>| crate::db::Planned {
+            role,
+            conninfo: conninfo.to_string(),
+            user: user.cloned(),
+        };
+        let mut list = vec![
+            planned("master", &self.master, None),
+            planned("node", &self.db, None),
+        ];
+        if self.task_role.is_some() {
+            list.push(planned("node", &self.db, self.task_role.as_ref()));
+        }
+        list
+    }
+
     /// A configuration with every default for node `name`.
     pub fn new(name: impl Into<String>, master: &str, db: &str) -> NodeConfig {
         NodeConfig {
@@ -118,7 +136,7 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         config::checked(
             path,
-            config::load::<NodeFile>(path)?.node,
+            config::load::<NodeFile>(path, "node")?.node,
             NodeConfig::check,
         )
     }

@@ -100,8 +100,8 @@ pub async fn run(
 
 async fn connect(cfg: &NodeConfig) -> Result<Sessions, tokio_postgres::Error> {
     Ok(Sessions {
-        master: crate::db::connect_client(&cfg.master).await?,
-        node: crate::db::connect_client(&cfg.db).await?,
+        master: crate::db::connect_client_to("master", &cfg.master).await?,
+        node: crate::db::connect_client_to("node", &cfg.db).await?,
     })
 }
 

@@ -63,7 +63,7 @@ impl Remote {
             Some(c) => c,
             None => self
                 .client
-                .insert(crate::db::connect_client(&self.master).await?),
+                .insert(crate::db::connect_client_to("master", &self.master).await?),
         };
         let tx = client.transaction().await?;
         if ledger::batch_done(&tx, &self.ledger, batch_id).await? {

@@ -89,7 +89,7 @@ impl RelayConfig {
     pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
         config::checked(
             path,
-            config::load::<RelayFile>(path)?.relay,
+            config::load::<RelayFile>(path, "relay")?.relay,
             RelayConfig::check,
         )
     }
@@ -111,6 +111,19 @@ impl RelayConfig {
         Ok(())
     }
 
+    /// What `--check-config --connect` opens: the master and every producer database.
+    pub fn connections(&self) -> Vec<crate::db::Planned> {
+        let producers = self.producers.iter().map(|p| ("producer", p.db.clone()));
+        std::iter::once(("master", self.master.clone()))
+            .chain(producers)
+            .map(|(role, conninfo)| crate::db::Planned {
+                role,
+                conninfo,
+                user: None,
+            })
+            .collect()
+    }
+
     /// The consumer framework's options for the master's push queue.
     pub fn consumer_options(&self) -> ConsumerOptions {
         self.options(&self.master, &self.queue)
@@ -118,7 +131,9 @@ impl RelayConfig {
 
     /// The consumer framework's options for a producer database's push queue.
     pub fn producer_options(&self, p: &ProducerConfig) -> ConsumerOptions {
-        self.options(&p.db, &p.queue)
+        let mut opts = self.options(&p.db, &p.queue);
+        opts.role = "producer";
+        opts
     }
 
     fn options(&self, db: &str, queue: &str) -> ConsumerOptions {

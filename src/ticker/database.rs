@@ -61,7 +61,7 @@ async fn session_loop(
 ) {
     let mut outage = Outage::new(what, db.clone());
     loop {
-        let result = match crate::db::connect(&cfg.conninfo(&db)).await {
+        let result = match crate::db::connect_to("master", &cfg.conninfo(&db)).await {
             Ok(mut session) => {
                 outage.recovered();
                 match what {

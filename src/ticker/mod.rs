@@ -162,7 +162,7 @@ impl TickerConfig {
     pub fn load(path: &Path) -> Result<TickerConfig, ConfigError> {
         config::checked(
             path,
-            config::load::<TickerFile>(path)?.ticker,
+            config::load::<TickerFile>(path, "ticker")?.ticker,
             TickerConfig::check,
         )
     }
@@ -189,6 +189,18 @@ impl TickerConfig {
     }
 
     /// Connection string of one database.
+    /// What `--check-config --connect` opens: the discovery database and the listed ones.
+    pub fn connections(&self) -> Vec<crate::db::Planned> {
+        std::iter::once(&self.initial_database)
+            .chain(&self.database_list)
+            .map(|db| crate::db::Planned {
+                role: "master",
+                conninfo: self.conninfo(db),
+                user: None,
+            })
+            .collect()
+    }
+
     pub fn conninfo(&self, dbname: &str) -> String {
         let db = dbname.replace('\\', "\\\\").replace('\'', "\\'");
         format!("{} dbname='{db}'", self.base_connstr)
@@ -259,7 +271,8 @@ async fn discover(cfg: &TickerConfig) -> Result<Vec<String>, tokio_postgres::Err
     if !cfg.database_list.is_empty() {
         return Ok(cfg.database_list.clone());
     }
-    let client = crate::db::connect_client(&cfg.conninfo(&cfg.initial_database)).await?;
+    let client =
+        crate::db::connect_client_to("master", &cfg.conninfo(&cfg.initial_database)).await?;
     let rows = client
         .query(
             "select datname from pg_catalog.pg_database where datallowconn and not datistemplate order by 1",

@@ -3,8 +3,8 @@
 -- Tasks still open are cancelled (a node that has them stops them through
 -- pgfan.cancelled_tasks), and waiters are woken with NOTIFY pgfan_job, '<job_id>'. Its
 -- result is what reduce_job stored (result_in_task is complete_jobs' shortcut only).
--- The open states are named as "not finished" on purpose: spelled as the predicate of
--- task_open_idx, the planner took that partial index and walked every open task of
+-- The open states are named as "not finished" on purpose: spelled as the predicate of a
+-- partial index of open tasks, the planner took that index and walked every open task of
 -- every job (0.8 ms a call with a backlog of 10k tasks) instead of the job's few rows.
 create or replace function pgfan.finish_job(i_job_id bigint, i_state text, i_error text)
 returns text as $$

@@ -6,9 +6,11 @@
 -- `partials` and may have a WITH clause of its own. A CTE, not a temporary table: creating
 -- and dropping a table per job cost more than all the rest of finishing it (catalog rows
 -- and invalidations; measured with pg_stat_statements in the delivery benchmark). The
--- reduce's rows are stored in pgfan.job_result_row as jsonb, keeping numbers numbers. Raises
--- when the tasks disagree on their columns or the reduce fails; pgfan.complete_job
--- records that. The search_path is deliberately the caller's: the reduce SQL is the
+-- reduce's rows are stored in pgfan.job_result_row as jsonb, keeping numbers numbers.
+-- Tasks that disagree on their columns (run_parallel of different statements) still give
+-- the plain concatenation: each row as {"task", "node", "row"}, the row under its own
+-- task's columns, so no row is lost; a reduce of its own raises then, as when it fails,
+-- and pgfan.complete_job records that (the rows stay readable through pgfan.partials). The search_path is deliberately the caller's: the reduce SQL is the
 -- user's and may name the user's tables unqualified; everything of pgfan's own is
 -- schema-qualified.
 --
@@ -31,10 +33,23 @@ begin
     select count(distinct (result_columns, result_types)), min(result_columns), min(result_types)
       into v_shapes, v_cols, v_types
       from pgfan.task where job_id = i_job_id and state = 'done';
-    if v_shapes > 1 then
-        raise exception 'pgfan: the tasks of job % returned different columns', i_job_id;
-    end if;
     delete from pgfan.job_result_row where job_id = i_job_id;
+    if v_shapes > 1 and lower(btrim(coalesce(v_reduce, 'concat'))) in ('concat', '') then
+        insert into pgfan.job_result_row (job_id, row_no, row_data)
+        select i_job_id, row_number() over (order by t.task_id, r.row_no),
+               jsonb_build_object('task', t.task_id, 'node', t.node_name,
+                                  'row', pgfan.concat_row(t.result_columns,
+                                                          pgfan.concat_kinds(t.result_types),
+                                                          r.vals))
+          from pgfan.task_row r join pgfan.task t using (task_id)
+         where t.job_id = i_job_id and t.state = 'done';
+        get diagnostics v_n = row_count;
+        return v_n;
+    elsif v_shapes > 1 then
+        raise exception 'pgfan: the tasks of job % returned different columns, which its reduce cannot take',
+            i_job_id
+            using hint = format('read them with pgfan.partials(%s)', i_job_id);
+    end if;
     if v_shapes = 0 or coalesce(cardinality(v_cols), 0) = 0 then
         return 0;
     end if;

@@ -1,10 +1,12 @@
 -- pgfan.resolve_target(target): the node names a target stands for.
 --
---   <name>[,<name>...]  those nodes (each must exist and not be disabled)
+--   <name>[,<name>...]  those nodes (each must exist and be neither disabled nor removed)
 --   all                 every active node
 --   any                 one active node: a live one (heartbeat in the last 30 s) with the
 --                       fewest open tasks; any active node when none has a heartbeat yet
---   hash:<key>          the node owning partition hashtext(key) & (count - 1)
+--   hash:<key>          the node owning partition hashtext(key) & (count - 1); only active
+--                       nodes own partitions (pgfan.rebalance_partitions), so a draining
+--                       node gets no new hash work, like all and any
 -- Errors name what is wrong; the relay turns them into a failed job and a dead letter.
 create or replace function pgfan.resolve_target(i_target text)
 returns setof text as $$
@@ -27,7 +29,7 @@ begin
              where n.state = 'active'
              order by (n.heartbeat > now() - interval '30 s') is not true,
                       (select count(*) from pgfan.task t
-                        where t.node_name = n.node_name and t.state in ('queued', 'claimed', 'running')),
+                        where t.node_name = n.node_name and t.finished_at is null),
                       random()
              limit 1;
         if not found then
@@ -43,8 +45,9 @@ begin
          where p.part_no = hashtext(substr(i_target, 6)) & (v_count - 1);
         if v_name is null then
             raise exception 'pgfan: target %: the partition map has a gap', i_target;
-        elsif v_state = 'disabled' then
-            raise exception 'pgfan: target %: node % is disabled', i_target, v_name;
+        elsif v_state <> 'active' then
+            raise exception 'pgfan: target %: node % is %, and no active node took its partitions',
+                i_target, v_name, v_state;
         end if;
         return next v_name;
     else
@@ -62,8 +65,8 @@ begin
             select state into v_state from pgfan.node where node_name = v_name;
             if not found then
                 raise exception 'pgfan: unknown node %', v_name;
-            elsif v_state = 'disabled' then
-                raise exception 'pgfan: node % is disabled', v_name;
+            elsif v_state in ('disabled', 'removed') then
+                raise exception 'pgfan: node % is %', v_name, v_state;
             end if;
             return next v_name;
         end loop;

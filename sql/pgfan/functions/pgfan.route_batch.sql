@@ -77,19 +77,19 @@ begin
          where u.job is null or j.state = 'submitted'),
     -- A single node name, by far the common target, is looked up in one join instead of
     -- a pgfan.resolve_target call per event (about 10 µs each, most of the routing time
-    -- after the inserts). Its rules are resolve_target's: the node exists and is not
-    -- disabled; a name that fails them gets no node here, and the batch raises below, to
+    -- after the inserts). Its rules are resolve_target's: the node exists and is neither
+    -- disabled nor removed; a name that fails them gets no node here, and the batch raises below, to
     -- be routed event by event where resolve_target says what is wrong.
     dest as materialized (
         select ev.n, nd.node_name, 1::bigint as ord
           from ev join pgfan.node nd on nd.node_name = btrim(ev.target)
-         where position(',' in ev.target) = 0 and ev.target <> 'all'
-           and ev.target not like 'hash:%' and nd.state <> 'disabled'
+         where position(',' in ev.target) = 0 and ev.target not in ('all', 'any')
+           and ev.target not like 'hash:%' and nd.state not in ('disabled', 'removed')
         union all
         select ev.n, r.node_name, r.ord
           from ev cross join lateral pgfan.resolve_target(ev.target) with ordinality r(node_name, ord)
-         where ev.target is null or position(',' in ev.target) > 0 or ev.target = 'all'
-            or ev.target like 'hash:%'),
+         where ev.target is null or position(',' in ev.target) > 0
+            or ev.target in ('all', 'any') or ev.target like 'hash:%'),
     counted as (
         select ev.*, coalesce(dc.nodes, 0) * jsonb_array_length(ev.payloads) as n_tasks
           from ev

@@ -181,7 +181,11 @@ impl BatchHandler for Reducer {
             .await?
         {
             let (job, state): (i64, String) = (row.get(0), row.get(1));
-            tracing::debug!(job, state, "Job finished");
+            match state.as_str() {
+                // The job's author must look: its error is in the job (`pgfan job show`).
+                "failed" => tracing::warn!(job, "Job failed; `pgfan job show {job}` says why"),
+                _ => tracing::debug!(job, state, "Job finished"),
+            }
             metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => state).increment(1);
         }
         Ok(())

@@ -413,6 +413,19 @@ async fn retry_failed_reruns_only_the_failed_target() {
         .unwrap()
         .get(0);
     assert_eq!(requeued, 1, "only n1's task runs again");
+    let (letters, waiting): (i64, i64) = {
+        let r = m
+            .query_one(
+                "select count(*), count(*) filter (where replayed_at is null)
+                   from pgfan.dead_letter where job_id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(letters >= 1, "the failure left a dead letter");
+    assert_eq!(waiting, 0, "the retry counts as its replay");
     assert_eq!(result(&m, job).await, [json!({"n": 3})]);
     for i in 0..2 {
         assert_eq!(

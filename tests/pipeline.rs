@@ -75,15 +75,14 @@ async fn raw(
     .get(0)
 }
 
-/// The job a raw event became.
+/// The job a raw event became, as a producer finds it (pgfan.job_of_event).
 async fn job_of_event(c: &Client, ev_id: i64) -> i64 {
-    c.query_one(
-        "select job_id from pgfan.job where source_queue = 'push_queue' and source_ev_id = $1",
-        &[&ev_id],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    let job: Option<i64> = c
+        .query_one("select pgfan.job_of_event($1)", &[&ev_id])
+        .await
+        .unwrap()
+        .get(0);
+    job.unwrap_or_else(|| panic!("event {ev_id} made no job"))
 }
 
 /// (node, lane, payload, options) of each task of `job`, in task order.

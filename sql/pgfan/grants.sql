@@ -60,6 +60,7 @@ begin
             ('pgfan_producer', 'execute on function pgfan.wait(bigint, interval)'),
             ('pgfan_producer', 'execute on function pgfan.result(bigint)'),
             ('pgfan_producer', 'execute on function pgfan.partials(bigint)'),
+            ('pgfan_producer', 'execute on function pgfan.job_of_event(bigint, text)'),
             ('pgfan_producer', 'execute on function pgfan.cancel(bigint)'),
             ('pgfan_producer', 'execute on function pgfan.job_status(bigint)'),
             ('pgfan_producer', 'execute on function pgfan.job_summary(bigint)'),

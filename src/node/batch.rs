@@ -260,6 +260,11 @@ async fn run_batch(
     }
     if items.iter().any(|i| matches!(i.fate, Fate::Ran(_))) {
         finish(c, &items).await?;
+        for item in &items {
+            if let Fate::Ran(res) = &item.fate {
+                super::worker::log_failure(item.task.task_id, res);
+            }
+        }
     } else {
         c.batch_execute("rollback").await?;
     }

@@ -314,6 +314,7 @@ async fn commit_record(
     match finished {
         Ok(_) => {
             committed?;
+            log_failure(task.task_id, res);
             Ok(Some(Outcome::Recorded(res.state)))
         }
         Err(e) if e.code().is_some_and(|s| s.code() == ESCAPED) => {
@@ -321,6 +322,17 @@ async fn commit_record(
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A task that failed is said in the log (its error also travels with its result).
+pub(super) fn log_failure(task_id: i64, res: &TaskResult) {
+    if res.state == "failed" {
+        tracing::info!(
+            task_id,
+            error = res.error.as_deref().unwrap_or(""),
+            "Task failed"
+        );
     }
 }
 

@@ -1,8 +1,10 @@
 -- pgfan.retry_failed(job_id): run the failed tasks of a failed job again, and only those.
 --
 -- Each failed task is replaced by a new task (new id, same node, payload and lane) in its
--- node's pull queue; the failed rows are removed (their errors stay in dead_letter) and
--- the job runs again, keeping its done tasks' results. Returns the number of tasks requeued.
+-- node's pull queue; the failed rows are removed (their errors stay in dead_letter, marked
+-- replayed: the retry is their replay, and `pgfan dead-letter list` no longer shows them
+-- as waiting) and the job runs again, keeping its done tasks' results. Returns the number
+-- of tasks requeued.
 create or replace function pgfan.retry_failed(i_job_id bigint)
 returns integer as $$
 declare
@@ -26,6 +28,8 @@ begin
         perform pgfan.enqueue(v_task.queue_name, v_task.kind, v_task.payload, v_new::text,
                                  i_job_id::text, v_task.lane, v_task.options);
         delete from pgfan.task where task_id = v_task.task_id;
+        update pgfan.dead_letter set replayed_at = now()
+         where task_id = v_task.task_id and replayed_at is null;
         v_n := v_n + 1;
     end loop;
     update pgfan.job set state = 'running', error = null, finished_at = null

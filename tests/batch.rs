@@ -249,15 +249,7 @@ async fn a_cancel_mid_batch_stops_only_its_own_tasks() {
     )
     .await;
     let started = Instant::now();
-    let cancelled: bool = env
-        .master
-        .connect()
-        .await
-        .query_one("select pgfan.cancel($1)", &[&job])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(cancelled);
+    assert!(env.cancel(job).await);
     env.wait_shipped(&order).await;
     assert!(
         started.elapsed() < Duration::from_secs(20),

@@ -335,15 +335,7 @@ async fn cancel_on_the_master_stops_running_and_waiting_tasks() {
     )
     .await;
     let started = std::time::Instant::now();
-    let cancelled: bool = env
-        .master
-        .connect()
-        .await
-        .query_one("select pgfan.cancel($1)", &[&job])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(cancelled);
+    assert!(env.cancel(job).await);
     env.wait_shipped(&ids).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     for id in &ids {

@@ -51,6 +51,10 @@ create index if not exists task_unfinished_idx on pgfan_node.task (task_id)
     where state in ('claimed', 'running');
 create index if not exists task_lane_idx on pgfan_node.task (lane, task_id)
     where state in ('claimed', 'running') and lane is not null;
+-- Room on each page for a task's next version: taking a task (task_begin, _many: started_at,
+-- attempts, run_xid) changes no indexed column, so with room it is a HOT update that adds
+-- no index entries.
+alter table pgfan_node.task set (fillfactor = 70);
 -- the shipper's work list
 create index if not exists task_unshipped_idx on pgfan_node.task (task_id)
     where shipped_at is null and state in ('done', 'failed', 'cancelled');

@@ -142,6 +142,17 @@ impl Env {
             .2
     }
 
+    /// Cancels `job` on the master, as an operator would; whether it was open.
+    pub async fn cancel(&self, job: i64) -> bool {
+        self.master
+            .connect()
+            .await
+            .query_one("select pgfan.cancel($1)", &[&job])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn stop_ticker(self) {
         self.ticker.0.send(Control::Stop).unwrap();
         self.ticker.1.await.unwrap();

@@ -268,3 +268,37 @@ async fn a_cancel_mid_batch_stops_only_its_own_tasks() {
     stop_node(node).await;
     env.stop_ticker().await;
 }
+
+#[tokio::test]
+async fn results_past_the_cap_end_the_batch_and_only_their_task_fails() {
+    let env = Env::new("b_cap").await;
+    env.node_sql("create table log (seq int)").await;
+    // 20 MB of result in task 3: more than one task's cap, so more than the batch's.
+    let big = "select repeat('x', 1000) as x from generate_series(1, 20000)";
+    let tasks: Vec<Pull> = (1..=6)
+        .map(|i| match i {
+            3 => sql_task(i, big),
+            _ => sql_task(i, &format!("insert into log values ({i}); select {i} as n")),
+        })
+        .collect();
+    put(&env, &tasks).await;
+    let node = start_node(one_batch(&env));
+    env.wait_shipped(&(1..=6).collect::<Vec<_>>()).await;
+    for (id, state, _) in states(&env).await {
+        let want = if id == 3 { "failed" } else { "done" };
+        assert_eq!(state, want, "task {id}");
+    }
+    let error = env.result(3).await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("result too large"), "{error}");
+    // Each other insert committed exactly once, after the batch gave way to solo runs.
+    assert_eq!(env.node_count("select count(*) from log").await, 5);
+    assert_eq!(
+        env.node_count("select count(distinct seq) from log").await,
+        5
+    );
+    stop_node(node).await;
+    env.stop_ticker().await;
+}

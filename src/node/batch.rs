@@ -464,9 +464,12 @@ async fn run_in_savepoint(
     });
     let (sp, ran, rel) = tokio::join!(savepoint, statement, release);
     sp?;
-    let ran = ran?;
-    rel?;
-    Ok(ran)
+    match ran? {
+        // The statement was stopped, so the release failed: the batch must end, not go on
+        // as if this task's own statement had failed.
+        too_large @ Ran::TooLarge(_) => Ok(too_large),
+        done => rel.map(|()| done),
+    }
 }
 
 /// Records every task's result with task_finish_many, gives back the ones to run again,

@@ -142,8 +142,10 @@ async fn follow(c: &Client, job: i64) -> Result<(), AdminError> {
             bar.set_position((done + failed + cancelled) as u64);
             bar.set_message(r.get::<_, String>(5));
         }
+        // Through pgfan.wait (no wait at all), not the table: a producer may read its job's
+        // state, not pgfan.job.
         let state: String = c
-            .query_one("select state from pgfan.job where job_id = $1", &[&job])
+            .query_one("select pgfan.wait($1, interval '0')", &[&job])
             .await?
             .get(0);
         if matches!(state.as_str(), "done" | "failed" | "cancelled") {
@@ -158,7 +160,7 @@ async fn follow(c: &Client, job: i64) -> Result<(), AdminError> {
 async fn print_result(c: &Client, job: i64, json: bool) -> Result<(), AdminError> {
     let row = c
         .query_one(
-            "select state, pgfan.job_summary($1) from pgfan.job where job_id = $1",
+            "select pgfan.wait($1, interval '0'), pgfan.job_summary($1)",
             &[&job],
         )
         .await?;

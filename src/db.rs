@@ -96,6 +96,7 @@ pub async fn connect_as(
         Err(err) => return Err(tls_error(err).await),
     };
     let mut cfg: tokio_postgres::Config = rest.parse()?;
+    libpq_defaults(&mut cfg);
     cfg.ssl_mode(tls.mode.ssl_mode());
     if let Some(user) = user {
         cfg.user(user);
@@ -112,6 +113,42 @@ pub async fn connect_as(
     let (client, connection) = cfg.connect(connector).await?;
     let messages = forward_messages(connection);
     Ok(Session { client, messages })
+}
+
+/// What libpq takes from the environment or its built-in defaults when the connection
+/// string does not say: `PGHOST` (else the Unix socket directory of Debian's PostgreSQL
+/// when it exists, else localhost), `PGPORT`, `PGUSER` (else the operating system user)
+/// and `PGDATABASE` (else the user name). So `pgfan install --db 'dbname=app'` behaves as
+/// `psql -d app` does.
+fn libpq_defaults(cfg: &mut tokio_postgres::Config) {
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    if cfg.get_hosts().is_empty() {
+        let host = env("PGHOST").unwrap_or_else(|| {
+            let socket_dir = "/var/run/postgresql";
+            match std::path::Path::new(socket_dir).is_dir() {
+                true => socket_dir.to_string(),
+                false => "localhost".to_string(),
+            }
+        });
+        for h in host.split(',') {
+            cfg.host(h);
+        }
+    }
+    if cfg.get_ports().is_empty() {
+        if let Some(port) = env("PGPORT").and_then(|p| p.parse().ok()) {
+            cfg.port(port);
+        }
+    }
+    if cfg.get_user().is_none() {
+        if let Some(user) = env("PGUSER").or_else(|| env("USER")) {
+            cfg.user(&user);
+        }
+    }
+    if cfg.get_dbname().is_none() {
+        if let Some(db) = env("PGDATABASE") {
+            cfg.dbname(&db);
+        }
+    }
 }
 
 /// TCP keepalive timing where the connection string sets none: a peer behind a cut link
@@ -290,9 +327,10 @@ static CONNECT_FAILURES: std::sync::LazyLock<std::sync::Mutex<FailureLog>> =
 /// Never the password.
 pub fn endpoint(conninfo: &str) -> String {
     let rest = crate::tls::split(conninfo).map_or_else(|_| conninfo.to_string(), |(r, _)| r);
-    let Ok(cfg) = rest.parse::<tokio_postgres::Config>() else {
+    let Ok(mut cfg) = rest.parse::<tokio_postgres::Config>() else {
         return "an unreadable connection string".to_string();
     };
+    libpq_defaults(&mut cfg);
     let hosts: Vec<String> = cfg
         .get_hosts()
         .iter()

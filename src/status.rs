@@ -140,7 +140,8 @@ async fn consumers(c: &Client, limits: Limits) -> Result<Vec<Consumer>, tokio_po
     let rows = c
         .query(
             "select queue_name, consumer_name, extract(epoch from lag)::float8,
-                    extract(epoch from last_seen)::float8, pending_events
+                    extract(epoch from last_seen)::float8,
+                    pgfan.pending_events(queue_name, consumer_name)
                from pgq.get_consumer_info() order by queue_name, consumer_name",
             &[],
         )

@@ -1,0 +1,50 @@
+//! `pgfan status`'s numbers as an operator reads them: a consumer's pending events are the
+//! events it has yet to read, counted, not a distance between sequence positions that a
+//! forced tick moves on by a thousand.
+
+mod common;
+
+use common::{Backend, TestDb};
+
+#[tokio::test]
+async fn pending_events_are_counted_not_read_off_the_sequence() {
+    let db = TestDb::master(Backend::Bundled).await;
+    let m = db.connect().await;
+    m.batch_execute(
+        "select pgq.create_queue('status_q');
+         select pgq.register_consumer('status_q', 'c');
+         select pgq.insert_event('status_q', 't', 'one');
+         select pgq.insert_event('status_q', 't', 'two');",
+    )
+    .await
+    .unwrap();
+    // A forced tick, as an operator or a test would take one.
+    m.batch_execute("select pgq.force_tick('status_q'); select pgq.ticker('status_q');")
+        .await
+        .unwrap();
+    let (sequence, counted): (i64, i64) = {
+        let r = m
+            .query_one(
+                "select pending_events, pgfan.pending_events(queue_name, consumer_name)
+                   from pgq.get_consumer_info('status_q', 'c')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(counted, 2, "two events wait (PgQ's figure: {sequence})");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfan"))
+        .args(["status", "--json", "--db", &db.conninfo])
+        .output()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let consumer = status["consumers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["queue"] == "status_q"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(consumer["pending_events"], 2, "{status}");
+}

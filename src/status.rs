@@ -120,8 +120,10 @@ pub async fn collect(c: &Client, limits: Limits) -> Result<Status, tokio_postgre
 async fn queues(c: &Client) -> Result<Vec<Queue>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "select queue_name, ev_per_sec::float8, extract(epoch from ticker_lag)::float8, ev_new
-               from pgq.get_queue_info() order by queue_name",
+            "select i.queue_name, a.events_per_sec, extract(epoch from i.ticker_lag)::float8,
+                    a.new_events
+               from pgq.get_queue_info() i, pgfan.queue_activity(i.queue_name) a
+              order by i.queue_name",
             &[],
         )
         .await?;

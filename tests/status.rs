@@ -47,4 +47,25 @@ async fn pending_events_are_counted_not_read_off_the_sequence() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(consumer["pending_events"], 2, "{status}");
+    // The queue's own figures count events too: two in the last minute, none unticked.
+    let queue = status["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["queue"] == "status_q"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(queue["new_events"], 0, "{status}");
+    let rate = queue["events_per_sec"].as_f64().unwrap_or_default();
+    assert!((rate - 2.0 / 60.0).abs() < 1e-9, "{status}");
+    m.batch_execute("select pgq.insert_event('status_q', 't', 'three')")
+        .await
+        .unwrap();
+    let new: i64 = m
+        .query_one(
+            "select new_events from pgfan.queue_activity('status_q')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(new, 1, "one event not ticked yet");
 }

@@ -183,3 +183,38 @@ async fn a_node_with_open_work_cannot_be_removed_and_a_removed_one_keeps_its_his
     assert_eq!(all(&m).await, ["n1", "n2"]);
     assert!(owners(&m).await.values().any(|n| n == "n2"));
 }
+
+#[tokio::test]
+async fn a_node_whose_daemon_never_ran_takes_no_shared_work_until_it_starts() {
+    let db = TestDb::master(Backend::Bundled).await;
+    let m = db.connect().await;
+    exec(
+        &m,
+        "select pgfan.node_add('n1'); select pgfan.node_add('n2'); select pgfan.set_partitions(32);
+         select pgfan.node_heartbeat('n1', 4, 'test'); select pgfan.node_heartbeat('n2', 4, 'test');",
+    )
+    .await;
+    let before = owners(&m).await;
+    // Added, but its daemon not started: it would hold every all/any/hash job open.
+    exec(&m, "select pgfan.node_add('n7')").await;
+    assert_eq!(all(&m).await, ["n1", "n2"]);
+    for _ in 0..20 {
+        let any: String = m
+            .query_one("select pgfan.resolve_target('any')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(any, "n7");
+    }
+    assert!(moved(&before, &owners(&m).await).is_empty());
+    // Named work may wait for it in its queue.
+    exec(&m, "select pgfan.resolve_target('n7')").await;
+    // Its daemon's first heartbeat: it takes its share, from the others only.
+    exec(&m, "select pgfan.node_heartbeat('n7', 4, 'test')").await;
+    assert_eq!(all(&m).await, ["n1", "n2", "n7"]);
+    let joined = moved(&before, &owners(&m).await);
+    assert!(
+        !joined.is_empty() && joined.iter().all(|(_, to)| to == "n7"),
+        "{joined:?}"
+    );
+}

@@ -167,6 +167,12 @@ async fn measure(ctx: &Ctx, mut pipe: Pipeline, nodes: &Cluster) -> Result<Vec<R
                 .await?;
             if i <= LIVE {
                 pipe.start_node(pipe.node_config(&name, &nodes.conninfo(&name)));
+            } else {
+                // The nodes without a daemon here stand for started ones elsewhere: a
+                // started node has sent a heartbeat (else it gets no `all` work).
+                master
+                    .query_one("select pgfan.node_heartbeat($1, 4, 'bench')", &[&name])
+                    .await?;
             }
         }
         if n > registered {
@@ -177,6 +183,7 @@ async fn measure(ctx: &Ctx, mut pipe: Pipeline, nodes: &Cluster) -> Result<Vec<R
             );
         }
         registered = n;
+        pipe.wait_started().await?;
         watch.route(n).await.context("warm-up")?;
         let (mut r, mut x) = (Vec::new(), Vec::new());
         for _ in 0..ctx.runs {

@@ -64,6 +64,7 @@ async fn measure(
         pipe.start_node(pipe.node_config(&name, &conninfo));
         nodes.push(rig::connect(&conninfo).await?);
     }
+    pipe.wait_started().await?;
     // Vacuumed, so that no run pays for setting hint bits or the visibility map.
     futures_util::future::try_join_all(nodes.iter().enumerate().map(|(i, node)| async move {
         let (lo, hi) = (i as i64 * per_node + 1, (i as i64 + 1) * per_node);

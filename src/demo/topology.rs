@@ -137,7 +137,32 @@ impl Topology {
         for i in 0..n {
             topo.start_node(i);
         }
+        topo.wait_started(&m).await?;
         Ok(topo)
+    }
+
+    /// Waits until every node's daemon has sent its first heartbeat: until then a node
+    /// gets no `all`/`any`/`hash` work once another has started (pgfan.resolve_target).
+    async fn wait_started(&self, m: &Client) -> Result<(), DemoError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let silent: i64 = m
+                .query_one(
+                    "select count(*) from pgfan.node where heartbeat is null",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if silent == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(DemoError::Check(format!(
+                    "{silent} node daemon(s) sent no heartbeat within a minute"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// libpq connection string of the master database.

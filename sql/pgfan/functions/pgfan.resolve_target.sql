@@ -1,9 +1,10 @@
 -- pgfan.resolve_target(target): the node names a target stands for.
 --
 --   <name>[,<name>...]  those nodes (each must exist and be neither disabled nor removed)
---   all                 every active node
---   any                 one active node: a live one (heartbeat in the last 30 s) with the
---                       fewest open tasks; any active node when none has a heartbeat yet
+--   all                 every active node whose daemon has started (sent a heartbeat)
+--   any                 one such node: a live one (heartbeat in the last 30 s) with the
+--                       fewest open tasks
+--   (until some node's daemon has started, every active node counts as started)
 --   hash:<key>          the node owning partition hashtext(key) & (count - 1); only active
 --                       nodes own partitions (pgfan.rebalance_partitions), so a draining
 --                       node gets no new hash work, like all and any
@@ -15,18 +16,29 @@ declare
     v_names text[];
     v_count integer;
     v_state text;
+    -- Whether any active node's daemon has started (sent a heartbeat). Once one has, a
+    -- node whose daemon never ran (added, its daemon not started yet) gets no all/any
+    -- work: it would hold every such job open until it starts. Before any has, as while
+    -- an installation is set up, every active node counts.
+    v_started boolean;
 begin
+    if i_target in ('all', 'any') then
+        v_started := exists (select 1 from pgfan.node
+                              where state = 'active' and heartbeat is not null);
+    end if;
     if i_target is null or btrim(i_target) = '' then
         raise exception 'pgfan: the event has no target (ev_extra1)';
     elsif i_target = 'all' then
-        return query select node_name from pgfan.node where state = 'active' order by node_name;
+        return query select n.node_name from pgfan.node n
+                      where n.state = 'active' and (n.heartbeat is not null or not v_started)
+                      order by n.node_name;
         if not found then
             raise exception 'pgfan: target all: no active node';
         end if;
     elsif i_target = 'any' then
         return query
             select n.node_name from pgfan.node n
-             where n.state = 'active'
+             where n.state = 'active' and (n.heartbeat is not null or not v_started)
              order by (n.heartbeat > now() - interval '30 s') is not true,
                       (select count(*) from pgfan.task t
                         where t.node_name = n.node_name and t.finished_at is null),

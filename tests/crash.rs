@@ -202,7 +202,9 @@ impl Rig {
         for d in &mut daemons {
             d.start();
         }
-        wait_started(&master).await;
+        pgfan::demo::wait_nodes_started(&connect(&master).await)
+            .await
+            .expect("every node daemon starts");
         Rig {
             master,
             nodes: clusters,
@@ -271,31 +273,6 @@ fn node_config(name: &str, master: &Cluster, node: &Cluster) -> String {
         quote(&master.conninfo("postgres")),
         quote(&node.conninfo("postgres")),
     )
-}
-
-/// Waits until every node daemon has sent its first heartbeat: once one has, `all` and
-/// `hash` work goes only to nodes whose daemon has started (pgfan.resolve_target).
-async fn wait_started(master: &Cluster) {
-    let m = connect(master).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let silent: i64 = m
-            .query_one(
-                "select count(*) from pgfan.node where heartbeat is null",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if silent == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{silent} node daemons sent no heartbeat"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn connect(cluster: &Cluster) -> Client {

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use crate::cluster::ClusterError;
 use crate::install::InstallError;
-pub use topology::{NodeHost, Topology};
+pub use topology::{wait_nodes_started, NodeHost, Topology};
 
 /// Sizes of the demo workloads.
 #[derive(Debug, Clone, Copy)]

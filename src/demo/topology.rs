@@ -137,32 +137,8 @@ impl Topology {
         for i in 0..n {
             topo.start_node(i);
         }
-        topo.wait_started(&m).await?;
+        wait_nodes_started(&m).await?;
         Ok(topo)
-    }
-
-    /// Waits until every node's daemon has sent its first heartbeat: until then a node
-    /// gets no `all`/`any`/`hash` work once another has started (pgfan.resolve_target).
-    async fn wait_started(&self, m: &Client) -> Result<(), DemoError> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let silent: i64 = m
-                .query_one(
-                    "select count(*) from pgfan.node where heartbeat is null",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if silent == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(DemoError::Check(format!(
-                    "{silent} node daemon(s) sent no heartbeat within a minute"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// libpq connection string of the master database.
@@ -258,5 +234,30 @@ impl Topology {
             result = result.and(r);
         }
         result
+    }
+}
+
+/// Waits until every node registered on the master `m` has sent its first heartbeat: once
+/// one has, a node whose daemon has not started gets no `all`/`any`/`hash` work
+/// (pgfan.resolve_target), so a rig that starts daemons and submits at once waits here.
+pub async fn wait_nodes_started(m: &Client) -> Result<(), DemoError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let silent: i64 = m
+            .query_one(
+                "select count(*) from pgfan.node where heartbeat is null",
+                &[],
+            )
+            .await?
+            .get(0);
+        if silent == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(DemoError::Check(format!(
+                "{silent} node daemon(s) sent no heartbeat within a minute"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

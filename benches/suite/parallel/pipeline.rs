@@ -150,28 +150,11 @@ impl Pipeline {
         }));
     }
 
-    /// Waits until every registered node has sent a heartbeat: once one has, `all` and
-    /// `hash` work goes only to nodes whose daemon has started (pgfan.resolve_target).
+    /// Waits until every registered node has sent a heartbeat (see
+    /// `pgfan::demo::wait_nodes_started`).
     pub async fn wait_started(&self) -> Result<()> {
         let m = pgfan::db::connect_client(&self.master_conninfo()).await?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let silent: i64 = m
-                .query_one(
-                    "select count(*) from pgfan.node where heartbeat is null",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if silent == 0 {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{silent} node daemons sent no heartbeat within a minute"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        Ok(pgfan::demo::wait_nodes_started(&m).await?)
     }
 
     /// Stops every daemon with a drain: nodes first, then reducer, relay, ticker.

@@ -481,6 +481,10 @@ async fn a_cut_off_node_catches_up_and_the_others_keep_working() {
     let m = pgfan::db::connect_client(&setup.master.conninfo("postgres"))
         .await
         .unwrap();
+    // `all` reaches only nodes whose daemon has started (sent a heartbeat) once one has.
+    pgfan::demo::wait_nodes_started(&m)
+        .await
+        .expect("both node daemons start");
     let warm = effect(&m, "all", "warm").await;
     assert_eq!(wait(&m, warm, "30 s").await, "done", "both nodes work");
     println!(

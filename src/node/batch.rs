@@ -51,14 +51,19 @@ pub const MAX_TASKS: usize = 200;
 /// After each `sql` task: what its SQL may have changed in the session, put back inside the
 /// transaction (DISCARD ALL cannot run in one). Functions are schema-qualified, as the
 /// task may have left a search_path of its own choosing until the RESET ALL.
-const RELEASE_AND_RESET: &str = "release savepoint pgfan_task; reset all; reset role; \
-    close all; deallocate all; unlisten *; select pg_catalog.pg_advisory_unlock_all(); \
-    discard temp; discard sequences";
+macro_rules! session_reset {
+    () => {
+        "reset all; reset role; close all; deallocate all; unlisten *; \
+         select pg_catalog.pg_advisory_unlock_all(); discard temp; discard sequences"
+    };
+}
 const RELEASE: &str = "release savepoint pgfan_task";
-const ROLLBACK_AND_RESET: &str = "rollback to savepoint pgfan_task; \
-    release savepoint pgfan_task; reset all; reset role; close all; deallocate all; \
-    unlisten *; select pg_catalog.pg_advisory_unlock_all(); discard temp; discard sequences";
+const RELEASE_AND_RESET: &str = concat!("release savepoint pgfan_task; ", session_reset!());
 const ROLLBACK: &str = "rollback to savepoint pgfan_task; release savepoint pgfan_task";
+const ROLLBACK_AND_RESET: &str = concat!(
+    "rollback to savepoint pgfan_task; release savepoint pgfan_task; ",
+    session_reset!()
+);
 
 /// Whether `task` can run in a batch.
 pub fn batchable(task: &Task) -> bool {

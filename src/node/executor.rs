@@ -283,17 +283,16 @@ impl Executor {
                     Some(l) if lanes.contains(l) => true,
                     _ => taken_groups < per_batch,
                 };
-            match (&t.lane, take) {
-                (Some(l), false) => {
-                    blocked.insert(l.clone());
-                }
-                (Some(l), true) if !lanes.insert(l.clone()) => {}
-                (_, true) => taken_groups += 1,
-                (None, false) => {}
-            }
             if take {
+                // A lane-less task is a group of its own; a lane, one group for all its tasks.
+                let new_group = t.lane.as_ref().is_none_or(|l| lanes.insert(l.clone()));
+                taken_groups += usize::from(new_group);
                 tasks.push(t);
             } else {
+                // Its lane's later tasks must not overtake it.
+                if let Some(l) = &t.lane {
+                    blocked.insert(l.clone());
+                }
                 rest.push_back(t);
             }
         }

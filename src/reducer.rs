@@ -2,10 +2,11 @@
 //!
 //! A consumer of `pgfan_results` on the master. A `results` event carries the results of
 //! one ship round of a node, a `result` event (the previous format, still accepted) one.
-//! The results of a chunk of events are recorded with one `pgfan.record_results` (the first result of a task counts; a re-shipped
-//! duplicate is ignored), and at the end of the batch every job that got a result is
-//! offered to `pgfan.complete_jobs`, which applies each job's policy, runs the reduce and
-//! notifies waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
+//! The results of a chunk of events are recorded with one `pgfan.record_results_finish`
+//! (the first result of a task counts; a re-shipped duplicate is ignored), which also
+//! finishes the jobs of a single task without a reduce; at the end of the batch every other
+//! job that got a result is offered to `pgfan.complete_jobs`, which applies each job's
+//! policy, runs the reduce and notifies waiters. All of it commits with `finish_batch`: each result is recorded exactly once.
 //! Beside the consumer, a timer calls `pgfan.expire_jobs()` to end jobs whose deadline
 //! passed while results were still missing.
 
@@ -144,7 +145,8 @@ impl BatchHandler for Reducer {
                 None => dead_letter(tx, e).await?,
             }
         }
-        // The whole chunk in one statement (pgfan.record_results, set-based).
+        // The whole chunk in one statement (pgfan.record_results_finish, set-based); the
+        // jobs of one task it finished on the way need no complete_jobs.
         let (mut ids, mut nodes, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for (task, node, result) in results {
             ids.push(task);
@@ -154,15 +156,24 @@ impl BatchHandler for Reducer {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let row = tx
-            .query_one(
-                "select pgfan.record_results($1, $2, $3)",
+        let rows = tx
+            .query(
+                "select recorded_job, finished from pgfan.record_results_finish($1, $2, $3)",
                 &[&ids, &nodes, &values],
             )
             .await?;
-        for job in row.get::<_, Vec<Option<i64>>>(0).into_iter().flatten() {
+        for row in rows {
+            let Some(job) = row.get::<_, Option<i64>>(0) else {
+                continue;
+            };
             metrics::counter!("pgfan_reducer_results_recorded_total").increment(1);
-            self.touched.insert(job);
+            if row.get::<_, bool>(1) {
+                tracing::debug!(job, state = "done", "Job finished");
+                metrics::counter!("pgfan_reducer_jobs_finished_total", "state" => "done")
+                    .increment(1);
+            } else {
+                self.touched.insert(job);
+            }
         }
         Ok(Vec::new())
     }

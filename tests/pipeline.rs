@@ -588,6 +588,15 @@ async fn reducer_records_once_and_applies_policies(backend: Backend) {
         (state.as_str(), error.as_deref()),
         ("failed", Some("timeout: 0 of 1 tasks done"))
     );
+    let listed: i64 = c
+        .query_one("select count(*) from pgfan.job_deadline", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        listed, 0,
+        "an expired job leaves the list of jobs that can expire"
+    );
 
     let rows_of = |sql: &'static str, job: i64| {
         let c = &c;
@@ -871,13 +880,15 @@ async fn the_static_concat_reduce_matches_the_general_one() {
 async fn set_based_recording_matches_one_by_one() {
     let (_db, c) = master(Backend::Bundled).await;
     // (policy, reduce, nodes); a task state other than queued is set after.
-    let jobs: [(&str, Option<&str>, &[&str]); 6] = [
+    let jobs: [(&str, Option<&str>, &[&str]); 7] = [
         ("all", None, &["n1", "n2"]),
         ("failfast", None, &["n1", "n2"]),
         ("k:1", None, &["n1", "n2"]),
         ("all", Some("sum"), &["n1"]),
         ("all", None, &["n1"]),
         ("all", Some("concat"), &["n1", "n2", "n3"]),
+        // one task, no reduce: finished as its result is recorded (record_results_finish)
+        ("all", None, &["n2"]),
     ];
     let done = |cols: &[&str], types: &[&str], rows: serde_json::Value| json!({"state": "done", "error": null, "columns": cols, "types": types, "rows": rows});
     // (job, task index in the job or None for an unknown task, node, result)
@@ -923,6 +934,12 @@ async fn set_based_recording_matches_one_by_one() {
             done(&["c", "x"], &["integer", "text"], json!([["1", "y"]])),
         ),
         (5, Some(2), "n3", done(&["c"], &["integer"], json!([]))),
+        (
+            6,
+            Some(0),
+            "n2",
+            done(&["c", "t"], &["integer", "text"], json!([["7", "z"]])),
+        ),
         (0, None, "n1", done(&[], &[], json!([]))),
     ];
     let mut outcome = Vec::new();
@@ -974,14 +991,25 @@ async fn set_based_recording_matches_one_by_one() {
             .collect();
         let nodes: Vec<&str> = chunk.iter().map(|(_, _, n, _)| *n).collect();
         let results: Vec<serde_json::Value> = chunk.iter().map(|(_, _, _, r)| r.clone()).collect();
+        // Set-based: the jobs record_results_finish finished are not offered to complete_jobs.
+        let mut finished_early: Vec<(i64, String)> = Vec::new();
         let recorded: Vec<Option<i64>> = if set_based {
-            c.query_one(
-                "select pgfan.record_results($1, $2, $3)",
-                &[&ids, &nodes, &results],
-            )
-            .await
-            .unwrap()
-            .get(0)
+            let mut v = Vec::new();
+            for r in c
+                .query(
+                    "select recorded_job, finished from pgfan.record_results_finish($1, $2, $3)",
+                    &[&ids, &nodes, &results],
+                )
+                .await
+                .unwrap()
+            {
+                let (job, fin): (Option<i64>, bool) = (r.get(0), r.get(1));
+                if fin {
+                    finished_early.extend(job.map(|j| (j, "done".to_string())));
+                }
+                v.push(job);
+            }
+            v
         } else {
             let mut v = Vec::new();
             for i in 0..ids.len() {
@@ -997,7 +1025,12 @@ async fn set_based_recording_matches_one_by_one() {
             }
             v
         };
-        let mut touched: Vec<i64> = recorded.iter().flatten().copied().collect();
+        let mut touched: Vec<i64> = recorded
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|j| !finished_early.iter().any(|(f, _)| f == j))
+            .collect();
         touched.sort();
         touched.dedup();
         let mut finished: Vec<(i64, String)> = if set_based {
@@ -1019,6 +1052,7 @@ async fn set_based_recording_matches_one_by_one() {
             }
             v
         };
+        finished.extend(finished_early);
         finished.sort();
         // Everything as seen from the jobs, with ids made relative to this copy (a row of
         // tasks with different columns names its task: left out, its node and row stay).
@@ -1029,7 +1063,7 @@ async fn set_based_recording_matches_one_by_one() {
                                regexp_replace(j.error, 'job \\d+', 'job <job>'),
                                (select jsonb_agg(r.row_data - 'task' order by r.row_no)
                                   from pgfan.job_result r where r.job_id = j.job_id))
-                   from pgfan.job j where j.job_id >= $1 and j.job_id < $1 + 6 order by j.job_id",
+                   from pgfan.job j where j.job_id >= $1 and j.job_id < $1 + 7 order by j.job_id",
                 &[&first_job],
             )
             .await
@@ -1043,7 +1077,7 @@ async fn set_based_recording_matches_one_by_one() {
                                t.result_columns, t.result_types,
                                (select array_agg(r.vals order by r.row_no)
                                   from pgfan.task_row r where r.task_id = t.task_id))
-                   from pgfan.task t where t.job_id >= $1 and t.job_id < $1 + 6
+                   from pgfan.task t where t.job_id >= $1 and t.job_id < $1 + 7
                   order by t.job_id, t.task_id",
                 &[&first_job],
             )
@@ -1063,7 +1097,7 @@ async fn set_based_recording_matches_one_by_one() {
             .query(
                 "select source, job_id - $1, task_id, ev_target,
                         regexp_replace(error, 'job \\d+', 'job <job>') from pgfan.dead_letter
-                  where (job_id >= $1 and job_id < $1 + 6) or task_id = any($2)",
+                  where (job_id >= $1 and job_id < $1 + 7) or task_id = any($2)",
                 &[&first_job, &ids],
             )
             .await
@@ -1101,11 +1135,12 @@ async fn set_based_recording_matches_one_by_one() {
     assert_eq!(set.4, one.4, "dead letters");
     // The chunk did reach every rule: done, failed (failfast), k:1, a reduce, a replaced
     // cancel, a concat of mixed shapes (done: each row under its own columns, with its
-    // node), a foreign node, an invalid state, an unknown task.
+    // node), a foreign node, an invalid state, an unknown task, a job of one task finished
+    // as its result was recorded.
     let states: Vec<&str> = set.1.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(
         states,
-        ["done", "failed", "done", "done", "done", "done"],
+        ["done", "failed", "done", "done", "done", "done", "done"],
         "{set:?}"
     );
     assert_eq!(set.4.len(), 4, "{:?}", set.4);

@@ -14,7 +14,7 @@
 --                   request columns of pgfan.job, and the pgq_ext ledger its producer
 --                   databases' batches are recorded in
 --   pgfan_reducer   the reducer: pgq_reader (consume pgfan_results), the doors
---                   record_results, complete_jobs, expire_jobs (SECURITY DEFINER: the reduce
+--                   record_results(_finish), complete_jobs, expire_jobs (SECURITY DEFINER: the reduce
 --                   SQL runs as the owner, whoever runs the reducer), and inserting the dead
 --                   letter of a malformed result event
 -- No daemon role may write a job's reduce SQL: pgfan.check_raw_reduce holds a non-owner relay
@@ -93,6 +93,7 @@ begin
             ('pgfan_relay', 'select (job_id, kind, params) on pgfan.job'),
             ('pgfan_reducer', 'usage on schema pgfan'),
             ('pgfan_reducer', 'execute on function pgfan.record_results(bigint[], text[], jsonb[])'),
+            ('pgfan_reducer', 'execute on function pgfan.record_results_finish(bigint[], text[], jsonb[])'),
             ('pgfan_reducer', 'execute on function pgfan.complete_jobs(bigint[])'),
             ('pgfan_reducer', 'execute on function pgfan.expire_jobs()'),
             -- a malformed result event's dead letter (reducer.rs, dead_letter): insert only

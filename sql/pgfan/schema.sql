@@ -51,11 +51,30 @@ create table if not exists pgfan.job (
     source_ev_id    bigint,
     unique (source_queue, source_ev_id)
 );
--- Jobs that can expire (pgfan.expire_jobs): only those with a deadline, so that a job
--- without one (most raw events) costs no entry here.
+-- Jobs that can expire (pgfan.expire_jobs) are listed in a table of their own, filled by a
+-- trigger when a job with a deadline is made (pgfan.job_deadline_track) and emptied by
+-- expire_jobs once their deadline has passed. Not an index on pgfan.job: an index whose
+-- predicate names the job's state makes every state change of every job a non-HOT update
+-- (new entries in each of the job's indexes), deadline or not; without it, the update that
+-- finishes a job changes no indexed column, and with room left on its page (fillfactor)
+-- writes no index entry.
 drop index if exists pgfan.job_unfinished_idx;
-create index if not exists job_deadline_idx on pgfan.job (deadline)
-    where deadline is not null and state in ('submitted', 'running');
+drop index if exists pgfan.job_deadline_idx;
+do $deadlines$
+begin
+    if pg_catalog.to_regclass('pgfan.job_deadline') is null then
+        create table pgfan.job_deadline (
+            job_id      bigint primary key,
+            deadline    timestamptz not null
+        );
+        create index job_deadline_at_idx on pgfan.job_deadline (deadline);
+        insert into pgfan.job_deadline (job_id, deadline)
+        select job_id, deadline from pgfan.job
+         where deadline is not null and state in ('submitted', 'running');
+    end if;
+end
+$deadlines$;
+alter table pgfan.job set (fillfactor = 80);
 
 -- A job's stored result rows. Readers use the view pgfan.job_result, which adds the rows of
 -- jobs whose result is read from their one task (pgfan.job.result_in_task; the view's

@@ -4,6 +4,9 @@
 -- how far it got ("timeout: 2 of 3 tasks done"), recorded as a dead letter too, and its
 -- open tasks are cancelled. The reducer calls this periodically. Returns the number of
 -- jobs ended.
+-- The jobs come from pgfan.job_deadline. A listed job whose deadline has passed leaves the
+-- list here, expired or not: one that finished in time, or was deleted, is just dropped
+-- from it (pgfan.retry_failed lists a job again when it runs again).
 -- SECURITY DEFINER: the reducer's door (pgfan_reducer has no right on pgfan's tables), so
 -- reduce SQL runs with the owner's rights whichever login runs the reducer. Its search_path
 -- is pinned to the owner's schema and public, with pg_temp last, so that the calling login
@@ -16,15 +19,21 @@ declare
     v_n integer := 0;
     v_error text;
 begin
+    delete from pgfan.job_deadline d
+     where d.deadline < now()
+       and not exists (select 1 from pgfan.job j
+                        where j.job_id = d.job_id and j.state in ('submitted', 'running'));
     for v_job in
         select j.job_id,
                (select count(*) from pgfan.task t where t.job_id = j.job_id and t.state = 'done') as done,
                (select count(*) from pgfan.task t where t.job_id = j.job_id) as total
-          from pgfan.job j
-         where j.state in ('submitted', 'running') and j.deadline < now()
+          from pgfan.job_deadline d
+          join pgfan.job j on j.job_id = d.job_id
+         where d.deadline < now() and j.state in ('submitted', 'running')
          order by j.job_id
            for update of j skip locked
     loop
+        delete from pgfan.job_deadline where job_deadline.job_id = v_job.job_id;
         if pgfan.complete_job(v_job.job_id) is null then
             v_error := format('timeout: %s of %s tasks done', v_job.done, v_job.total);
             insert into pgfan.dead_letter (source, job_id, error)

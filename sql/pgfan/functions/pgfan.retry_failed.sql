@@ -34,6 +34,10 @@ begin
     end loop;
     update pgfan.job set state = 'running', error = null, finished_at = null
      where job_id = i_job_id;
+    -- Running again, it can expire again (expire_jobs dropped it from the list).
+    insert into pgfan.job_deadline (job_id, deadline)
+    select job_id, deadline from pgfan.job where job_id = i_job_id and deadline is not null
+    on conflict (job_id) do nothing;
     return v_n;
 end;
 $$ language plpgsql

@@ -18,18 +18,25 @@ declare
     v_job record;
     v_n integer := 0;
     v_error text;
+    v_due bigint[];
 begin
+    -- The ids first, and the jobs looked up by them: a join of the list with pgfan.job was
+    -- planned as a scan of every job, run on every call although the list is mostly empty.
+    select array_agg(d.job_id) into v_due
+      from pgfan.job_deadline d where d.deadline < now();
+    if v_due is null then
+        return 0;
+    end if;
     delete from pgfan.job_deadline d
-     where d.deadline < now()
+     where d.job_id = any(v_due)
        and not exists (select 1 from pgfan.job j
                         where j.job_id = d.job_id and j.state in ('submitted', 'running'));
     for v_job in
         select j.job_id,
                (select count(*) from pgfan.task t where t.job_id = j.job_id and t.state = 'done') as done,
                (select count(*) from pgfan.task t where t.job_id = j.job_id) as total
-          from pgfan.job_deadline d
-          join pgfan.job j on j.job_id = d.job_id
-         where d.deadline < now() and j.state in ('submitted', 'running')
+          from pgfan.job j
+         where j.job_id = any(v_due) and j.state in ('submitted', 'running')
          order by j.job_id
            for update of j skip locked
     loop

@@ -92,12 +92,12 @@ begin
            and not exists (select 1 from pgfan.task o
                             where o.job_id = j.job_id and o.task_id <> upd.task_id)
         returning j.job_id)
-    select array_agg(u.job_id order by x.n), array_agg(s.job_id is not null order by x.n),
-           array_agg(s.job_id order by s.job_id) filter (where s.job_id is not null)
+    select array_agg(u.job_id order by x.n),
+           array_agg(coalesce(u.job_id in (select s.job_id from single s), false) order by x.n),
+           (select array_agg(s.job_id order by s.job_id) from single s)
       into v_jobs, v_finished, v_single
       from generate_series(1, cardinality(i_task_ids)) x(n)
-      left join upd u on u.n = x.n
-      left join single s on s.job_id = u.job_id;
+      left join upd u on u.n = x.n;
     -- What complete_jobs' fast path does besides: no stored rows, waiters woken.
     if v_single is not null then
         delete from pgfan.job_result_row r where r.job_id = any(v_single);

@@ -1,36 +1,17 @@
 //! One database's ticker and maintenance sessions.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use super::urgent::{self, Missed};
-use super::TickerConfig;
+use super::{ticking, TickerConfig};
 use crate::db::Session;
 use crate::outage::{sleep_or_stop, Outage};
 
 /// Session advisory lock held by the active ticker of a database ("pgq.tick").
 const TICKER_LOCK_KEY: i64 = 0x7067_712e_7469_636b;
-
-/// Event sequence position of every queue that the ticker drives.
-const POLL_SQL: &str =
-    "select queue_name, pg_catalog.pg_sequence_last_value(queue_event_seq::regclass)
-      from pgq.queue
-     where not queue_ticker_paused and not queue_external_ticker";
-
-/// Offers a tick to the given queues (all when NULL) and announces the ones that ticked.
-/// Materialized so that `pgq.ticker` runs exactly once per queue.
-const TICK_SQL: &str = "with t as materialized (
-        select queue_name, pgq.ticker(queue_name) as tick_id
-          from pgq.queue
-         where not queue_ticker_paused and not queue_external_ticker
-           and ($1::text[] is null or queue_name = any($1))
-         order by queue_id)
-    select queue_name, tick_id, pg_catalog.pg_notify('pgfan_tick', queue_name)::text
-      from t where tick_id is not null";
 
 /// Why a session ended without an error.
 enum End {
@@ -123,121 +104,11 @@ async fn ticker_session(
         return Ok(End::NoPgq);
     }
     tracing::info!(db, "Ticking");
-    client
-        .batch_execute(&format!("listen {}", urgent::WAKE_CHANNEL))
-        .await?;
-    let poll = client.prepare(POLL_SQL).await?;
-    let tick = client.prepare(TICK_SQL).await?;
-    let opened = Instant::now();
-    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
-    // When each queue's sequence last moved. A queue stays due for a tick offer at every
-    // poll for one ticker_period after that (PgQ's own lag rules decide whether it ticks),
-    // and during that window it is also checked for events that its last tick missed
-    // because their transaction was still open (see urgent.rs).
-    let mut moved_at: HashMap<String, Instant> = HashMap::new();
-    let mut missed = Missed::default();
-    let mut woken: HashSet<String> = HashSet::new();
-    let mut next_full = Instant::now();
-    loop {
-        if !woken.is_empty() {
-            // A commit announced these queues: tick them before anything else, so the
-            // hand-off costs one statement (two when PgQ's idle back-off declines) rather
-            // than waiting behind the sequence poll and the missed-events search below.
-            let queues: Vec<String> = std::mem::take(&mut woken).into_iter().collect();
-            tick_now(client, &tick, queues, db).await?;
-        }
-        let now = Instant::now();
-        let mut quiet = Vec::new();
-        for row in client.query(&poll, &[]).await? {
-            let (queue, pos): (String, Option<i64>) = (row.get(0), row.get(1));
-            if seen.insert(queue.clone(), pos) != Some(pos) {
-                moved_at.insert(queue, now);
-            } else if moved_at.contains_key(&queue) {
-                quiet.push(queue);
-            }
-        }
-        moved_at.retain(|_, at| now.duration_since(*at) < cfg.ticker_period);
-        quiet.retain(|q| moved_at.contains_key(q));
-        let mut urgent: HashSet<String> = missed.find(client, &quiet).await?.into_iter().collect();
-        let due: Option<Vec<String>> = if now >= next_full {
-            next_full = now + cfg.ticker_period;
-            None
-        } else {
-            Some(moved_at.keys().chain(urgent.iter()).cloned().collect())
-        };
-        if due.as_ref().is_none_or(|q| !q.is_empty()) {
-            for queue in offer_ticks(client, &tick, &due, db).await? {
-                urgent.remove(&queue);
-            }
-        }
-        if !urgent.is_empty() {
-            // pgq.ticker declined them as idle: their events were counted by a tick that
-            // could not see them yet.
-            force_ticks(client, &tick, urgent.into_iter().collect(), db).await?;
-        }
-        if opened.elapsed() >= cfg.connection_lifetime {
-            return Ok(End::Recycle);
-        }
-        if urgent::wait(cfg.poll_period, &mut session.messages, stop, &mut woken).await {
-            return Ok(End::Stop);
-        }
-    }
-}
-
-/// Ticks `queues` now: offers each a tick and forces one where PgQ declines, because a
-/// commit announced new events that an earlier tick may have counted while they were
-/// still invisible (PgQ would then call the queue idle and back off).
-async fn tick_now(
-    client: &Client,
-    tick: &tokio_postgres::Statement,
-    mut queues: Vec<String>,
-    db: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let ticked = offer_ticks(client, tick, &Some(queues.clone()), db).await?;
-    queues.retain(|q| !ticked.contains(q));
-    if !queues.is_empty() {
-        force_ticks(client, tick, queues, db).await?;
-    }
-    Ok(())
-}
-
-/// `pgq.force_tick` for `queues`, then a tick offer, which PgQ then accepts. Only queues
-/// this ticker drives are forced: a wake-up's payload is whatever its sender wrote, and a
-/// name that is no queue (or a paused one) must neither fail the session nor move a
-/// sequence.
-async fn force_ticks(
-    client: &Client,
-    tick: &tokio_postgres::Statement,
-    queues: Vec<String>,
-    db: &str,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "select pgq.force_tick(queue_name) from pgq.queue
-              where queue_name = any($1)
-                and not queue_ticker_paused and not queue_external_ticker",
-            &[&queues],
-        )
-        .await?;
-    offer_ticks(client, tick, &Some(queues), db).await?;
-    Ok(())
-}
-
-/// Runs TICK_SQL for `due` (all queues when None); returns the queues that ticked.
-async fn offer_ticks(
-    client: &Client,
-    tick: &tokio_postgres::Statement,
-    due: &Option<Vec<String>>,
-    db: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut ticked = Vec::new();
-    for row in client.query(tick, &[due]).await? {
-        let (queue, tick_id): (String, i64) = (row.get(0), row.get(1));
-        tracing::trace!(db, queue, tick_id, "Ticked");
-        metrics::counter!("pgfan_ticker_ticks_total", "db" => db.to_string()).increment(1);
-        ticked.push(queue);
-    }
-    Ok(ticked)
+    Ok(if ticking::run(session, db, cfg, stop).await? {
+        End::Stop
+    } else {
+        End::Recycle
+    })
 }
 
 async fn maint_session(

@@ -5,17 +5,29 @@
 //! *maintenance* session (retry mover and `maint_operations`). The supervisor here discovers
 //! databases, starts and stops their workers, and handles stop and reload requests.
 //!
-//! Low latency: instead of calling `pgq.ticker()` once a second, the ticker session reads
-//! every queue's event sequence every `poll_period` (a read-only query: no WAL, no xid) and
-//! calls `pgq.ticker(queue)` only for queues whose sequence moved. After a tick it sends
-//! `NOTIFY pgfan_tick, '<queue>'` so consumers wake at once. Whether a queue ticks is still
-//! decided by its own thresholds (`ticker_max_count`, `ticker_max_lag`, ...): set
-//! `ticker_max_lag` low on queues that need low latency. On the bundled core, inserts into
-//! queues with `ticker_max_lag` 0 also wake the ticker at their commit (see urgent.rs), so
-//! such a queue ticks without waiting for the poll; the poll remains for the PgQ extension,
-//! COPY producers and every other queue.
+//! Low latency at pgqd's idle cost: pgqd calls `pgq.ticker()` once a second, which offers
+//! every queue a tick. The ticker session here (ticking.rs) does three things instead:
+//! - a *round* every `ticker_period`, one read-only statement that reads every queue's
+//!   event sequence and last two ticks and calls `pgq.ticker(queue)` only for the queues
+//!   PgQ's rules could tick now (new events, or an idle tick due), so idle queues keep
+//!   PgQ's idle ticks and exponential back-off while the calls that would decline are not
+//!   made at all;
+//! - a *wake-up*: on the bundled core, inserts into queues with `ticker_max_lag` 0 (pgfan's
+//!   own) send `NOTIFY pgfan_ticker_wake, '<queue>'`, delivered at the producer's commit;
+//!   the ticker ticks those queues at once (urgent.rs);
+//! - a *fast poll* every `poll_period`, but only of *active* queues (woken, or whose
+//!   sequence moved, within the last `ticker_period`), for producers that do not notify
+//!   (the PgQ extension's C insert, COPY): their events tick within a poll period while
+//!   their queue is active, and within a round when it was idle.
+//!
+//! After a tick it sends `NOTIFY pgfan_tick, '<queue>'` so consumers wake at once. Whether a
+//! queue ticks is still decided by its own thresholds (`ticker_max_count`, `ticker_max_lag`,
+//! ...): set `ticker_max_lag` low on queues that need low latency. An idle database costs one
+//! read-only statement per round and the idle ticks pgqd would make, with the WAL of those
+//! ticks and nothing else; nothing runs between rounds.
 
 mod database;
+mod ticking;
 mod urgent;
 
 pub use urgent::WAKE_CHANNEL;
@@ -69,13 +81,16 @@ pub struct TickerConfig {
         deserialize_with = "config::duration"
     )]
     pub retry_period: Duration,
-    /// How often every queue is offered a tick, for idle and lag ticks. Default 1 s.
+    /// How often the round runs: every queue is looked at and offered a tick if PgQ's
+    /// rules could allow one (idle and lag ticks, events of producers that do not notify).
+    /// Also how long a queue stays active after its last move. Default 1 s.
     #[serde(
         default = "default_ticker_period",
         deserialize_with = "config::duration"
     )]
     pub ticker_period: Duration,
-    /// How often event sequences are checked for new events (pgfan only). Default 10 ms.
+    /// How often active queues' event sequences are checked for new events (pgfan only;
+    /// nothing is polled while no queue is active). Default 10 ms.
     #[serde(default = "default_poll_period", deserialize_with = "config::duration")]
     pub poll_period: Duration,
     /// Sessions are reopened after this long. Default 3600 s.

@@ -11,8 +11,8 @@
 //!   queue; it is delivered at the commit, so the ticker hears of the commit the moment it
 //!   happens, and ticks the queue first thing, before its poll;
 //! - for other producers (the PgQ extension's C insert, COPY into `current_event_table`),
-//!   the ticker looks for events written by transactions that were still open at the
-//!   queue's last tick and have ended since.
+//!   the ticker looks, on active queues (see ticking.rs), for events written by
+//!   transactions that were still open at the queue's last tick and have ended since.
 //!
 //! Either way the queue is ticked now, with `pgq.force_tick` when `pgq.ticker` declines.
 

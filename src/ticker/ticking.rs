@@ -1,0 +1,368 @@
+//! The ticker session's loop: when to look at which queues, and which ones to tick.
+//!
+//! Three ways a queue gets ticked, from the cheapest for an idle database to the fastest:
+//! - the *round*, every `ticker_period` (pgqd's cadence): one statement reads every queue's
+//!   event sequence and last two ticks, and calls `pgq.ticker(queue)` only for the queues
+//!   whose tick PgQ's own rules could allow now (new events, or an idle tick due); the
+//!   other queues' calls would decline without writing anything, but cost the server a
+//!   PL/pgSQL call each, which at 1,000 queues is most of a pgqd-style tick round;
+//! - a *wake-up* (`pgfan_ticker_wake`, see urgent.rs) at a producer's commit: the named
+//!   queues are ticked at once;
+//! - the *fast poll*, every `poll_period`, of the queues that are active: whose sequence
+//!   moved, or that were woken, within the last `ticker_period`. It reads only those
+//!   queues' sequences and offers them ticks, so events of producers that do not notify
+//!   (the PgQ extension's C insert, COPY) tick within a poll period once their queue is
+//!   active, and within a round when it was idle. With no queue active nothing runs
+//!   between rounds.
+//!
+//! An idle database thus costs one read-only statement per round, plus PgQ's idle ticks
+//! (the same ones pgqd makes), and no WAL beyond those ticks.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::{Client, Statement};
+
+use super::urgent::{self, Missed};
+use super::TickerConfig;
+use crate::db::Session;
+
+/// The round: each queue's event sequence position, and a tick offer to the queues that
+/// PgQ's `ticker(queue)` could tick now. `due` is PgQ's rule read from the same rows
+/// `pgq.ticker` reads, in the same transaction (so the same `now()`): a tick when the queue
+/// has none yet, when the sequence passed the last tick's position (new events; the
+/// queue's `ticker_max_count` / `ticker_max_lag` then decide, inside `pgq.ticker`), or, with
+/// no new events, when no previous tick exists or the last one is at least
+/// `ticker_max_lag / 2` old and older than twice the gap before it or than
+/// `ticker_idle_period`. A sequence never advanced reads as NULL and counts as no new
+/// events, as it does for PgQ (its position is then the one the first tick recorded).
+/// Materialized so that `pgq.ticker` runs exactly once per due queue, in queue order. (The
+/// call comes first in the text: pg_stat_activity shows the first 1 kB of a statement.)
+const ROUND_SQL: &str = "with r as materialized (
+        select queue_id, queue_name, pos,
+               case when due then pgq.ticker(queue_name) end as tick_id
+          from (select q.queue_id, q.queue_name, s.pos,
+                       t.tick_id is null
+                       or s.pos > t.tick_event_seq
+                       or p.tick_time is null
+                       or (pg_catalog.now() - t.tick_time >= q.queue_ticker_max_lag / 2
+                           and (pg_catalog.now() - t.tick_time >= 2 * (t.tick_time - p.tick_time)
+                                or pg_catalog.now() - t.tick_time >= q.queue_ticker_idle_period))
+                         as due
+                  from pgq.queue q
+                 cross join lateral (select pg_catalog.pg_sequence_last_value(
+                                              q.queue_event_seq::regclass) as pos) s
+                  left join lateral (
+                        select tick_id, tick_time, tick_event_seq from pgq.tick
+                         where tick_queue = q.queue_id
+                         order by tick_queue desc, tick_id desc limit 1) t on true
+                  left join lateral (
+                        select tick_time from pgq.tick
+                         where tick_queue = q.queue_id and tick_id < t.tick_id
+                         order by tick_queue desc, tick_id desc limit 1) p on true
+                 where not q.queue_ticker_paused and not q.queue_external_ticker) d
+         order by queue_id)
+    select queue_name, pos, tick_id,
+           case when tick_id is not null
+                then pg_catalog.pg_notify('pgfan_tick', queue_name) end::text
+      from r order by queue_id";
+
+/// The fast poll: event sequence positions of the given (active) queues.
+const POLL_SQL: &str =
+    "select queue_name, pg_catalog.pg_sequence_last_value(queue_event_seq::regclass)
+      from pgq.queue
+     where not queue_ticker_paused and not queue_external_ticker
+       and queue_name = any($1)";
+
+/// Offers a tick to the given queues and announces the ones that ticked.
+/// Materialized so that `pgq.ticker` runs exactly once per queue.
+const TICK_SQL: &str = "with t as materialized (
+        select queue_name, pgq.ticker(queue_name) as tick_id
+          from pgq.queue
+         where not queue_ticker_paused and not queue_external_ticker
+           and queue_name = any($1)
+         order by queue_id)
+    select queue_name, tick_id, pg_catalog.pg_notify('pgfan_tick', queue_name)::text
+      from t where tick_id is not null";
+
+/// The session's prepared statements.
+struct Statements {
+    round: Statement,
+    poll: Statement,
+    tick: Statement,
+}
+
+/// What the ticker knows of each queue between statements.
+#[derive(Default)]
+struct Activity {
+    /// Event sequence position at the last look (None: never advanced).
+    seen: HashMap<String, Option<i64>>,
+    /// When each active queue's sequence last moved or it was woken. A queue stays active
+    /// for one `ticker_period` after that: it is polled and offered a tick at every poll
+    /// (PgQ's own lag rules decide whether it ticks), and checked for events that its last
+    /// tick missed because their transaction was still open (see urgent.rs).
+    active: HashMap<String, Instant>,
+}
+
+impl Activity {
+    /// Records a queue's position; true when it moved since the last look. The first look
+    /// at a queue is no move: the round that made it offers the queue a tick anyway.
+    fn observe(&mut self, queue: String, pos: Option<i64>, now: Instant) -> bool {
+        match self.seen.insert(queue.clone(), pos) {
+            Some(before) if before != pos => {
+                self.active.insert(queue, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks woken queues active, the ones this ticker knows (a wake-up's payload is
+    /// whatever its sender wrote).
+    fn woken(&mut self, queues: &[String], now: Instant) {
+        for q in queues.iter().filter(|q| self.seen.contains_key(*q)) {
+            self.active.insert(q.clone(), now);
+        }
+    }
+
+    /// Forgets queues quiet for `period`.
+    fn expire(&mut self, period: Duration, now: Instant) {
+        self.active.retain(|_, at| now.duration_since(*at) < period);
+    }
+
+    fn active_queues(&self) -> Vec<String> {
+        self.active.keys().cloned().collect()
+    }
+}
+
+/// Ticks until stopped (true) or until the session is due to be recycled (false).
+pub(super) async fn run(
+    session: &mut Session,
+    db: &str,
+    cfg: &TickerConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, tokio_postgres::Error> {
+    let client = &session.client;
+    client
+        .batch_execute(&format!("listen {}", urgent::WAKE_CHANNEL))
+        .await?;
+    let st = Statements {
+        round: client.prepare(ROUND_SQL).await?,
+        poll: client.prepare(POLL_SQL).await?,
+        tick: client.prepare(TICK_SQL).await?,
+    };
+    let opened = Instant::now();
+    let mut activity = Activity::default();
+    let mut missed = Missed::default();
+    let mut woken: HashSet<String> = HashSet::new();
+    let mut next_round = Instant::now();
+    loop {
+        if !woken.is_empty() {
+            // A commit announced these queues: tick them before anything else, so the
+            // hand-off costs one statement (two when PgQ's idle back-off declines) rather
+            // than waiting behind the poll and the missed-events search below.
+            let queues: Vec<String> = std::mem::take(&mut woken).into_iter().collect();
+            tick_now(client, &st.tick, queues.clone(), db).await?;
+            activity.woken(&queues, Instant::now());
+        }
+        let now = Instant::now();
+        if now >= next_round {
+            next_round = now + cfg.ticker_period;
+            round(client, &st, &mut activity, &mut missed, cfg, db).await?;
+        } else if !activity.active.is_empty() {
+            fast_poll(client, &st, &mut activity, &mut missed, cfg, db).await?;
+        }
+        if opened.elapsed() >= cfg.connection_lifetime {
+            return Ok(false);
+        }
+        let until_round = next_round.saturating_duration_since(Instant::now());
+        let wait = if activity.active.is_empty() {
+            until_round
+        } else {
+            cfg.poll_period.min(until_round)
+        };
+        if urgent::wait(wait, &mut session.messages, stop, &mut woken).await {
+            return Ok(true);
+        }
+    }
+}
+
+/// The round (see ROUND_SQL), then a forced tick for active queues whose last tick missed
+/// events.
+async fn round(
+    client: &Client,
+    st: &Statements,
+    activity: &mut Activity,
+    missed: &mut Missed,
+    cfg: &TickerConfig,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let now = Instant::now();
+    let mut quiet = Vec::new();
+    let mut ticks = 0u64;
+    for row in client.query(&st.round, &[]).await? {
+        let (queue, pos, tick_id): (String, Option<i64>, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2));
+        if let Some(tick_id) = tick_id {
+            tracing::trace!(db, queue, tick_id, "Ticked");
+            ticks += 1;
+        }
+        if !activity.observe(queue.clone(), pos, now) && activity.active.contains_key(&queue) {
+            quiet.push(queue);
+        }
+    }
+    count_ticks(db, ticks);
+    activity.expire(cfg.ticker_period, now);
+    quiet.retain(|q| activity.active.contains_key(q));
+    // The round ticked what PgQ allows; the newest tick is what the search looks behind.
+    let urgent = missed.find(client, &quiet).await?;
+    if !urgent.is_empty() {
+        tick_now(client, &st.tick, urgent, db).await?;
+    }
+    Ok(())
+}
+
+/// Reads the active queues' positions and offers them ticks; forces a tick where their last
+/// one missed events.
+async fn fast_poll(
+    client: &Client,
+    st: &Statements,
+    activity: &mut Activity,
+    missed: &mut Missed,
+    cfg: &TickerConfig,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let now = Instant::now();
+    let mut quiet = Vec::new();
+    for row in client.query(&st.poll, &[&activity.active_queues()]).await? {
+        let (queue, pos): (String, Option<i64>) = (row.get(0), row.get(1));
+        if !activity.observe(queue.clone(), pos, now) {
+            quiet.push(queue);
+        }
+    }
+    activity.expire(cfg.ticker_period, now);
+    quiet.retain(|q| activity.active.contains_key(q));
+    let mut urgent: HashSet<String> = missed.find(client, &quiet).await?.into_iter().collect();
+    let due: Vec<String> = activity
+        .active
+        .keys()
+        .chain(urgent.iter())
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !due.is_empty() {
+        for queue in offer_ticks(client, &st.tick, &due, db).await? {
+            urgent.remove(&queue);
+        }
+    }
+    if !urgent.is_empty() {
+        // pgq.ticker declined them as idle: their events were counted by a tick that
+        // could not see them yet.
+        force_ticks(client, &st.tick, urgent.into_iter().collect(), db).await?;
+    }
+    Ok(())
+}
+
+/// Ticks `queues` now: offers each a tick and forces one where PgQ declines, because a
+/// commit announced new events that an earlier tick may have counted while they were
+/// still invisible (PgQ would then call the queue idle and back off).
+async fn tick_now(
+    client: &Client,
+    tick: &Statement,
+    mut queues: Vec<String>,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let ticked = offer_ticks(client, tick, &queues, db).await?;
+    queues.retain(|q| !ticked.contains(q));
+    if !queues.is_empty() {
+        force_ticks(client, tick, queues, db).await?;
+    }
+    Ok(())
+}
+
+/// `pgq.force_tick` for `queues`, then a tick offer, which PgQ then accepts. Only queues
+/// this ticker drives are forced: a wake-up's payload is whatever its sender wrote, and a
+/// name that is no queue (or a paused one) must neither fail the session nor move a
+/// sequence.
+async fn force_ticks(
+    client: &Client,
+    tick: &Statement,
+    queues: Vec<String>,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "select pgq.force_tick(queue_name) from pgq.queue
+              where queue_name = any($1)
+                and not queue_ticker_paused and not queue_external_ticker",
+            &[&queues],
+        )
+        .await?;
+    offer_ticks(client, tick, &queues, db).await?;
+    Ok(())
+}
+
+/// Runs TICK_SQL for `queues`; returns the queues that ticked.
+async fn offer_ticks(
+    client: &Client,
+    tick: &Statement,
+    queues: &[String],
+    db: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut ticked = Vec::new();
+    for row in client.query(tick, &[&queues]).await? {
+        let (queue, tick_id): (String, i64) = (row.get(0), row.get(1));
+        tracing::trace!(db, queue, tick_id, "Ticked");
+        ticked.push(queue);
+    }
+    count_ticks(db, ticked.len() as u64);
+    Ok(ticked)
+}
+
+fn count_ticks(db: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!("pgfan_ticker_ticks_total", "db" => db.to_string()).increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_is_active_from_its_first_move_for_one_period() {
+        let mut a = Activity::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(1);
+        assert!(
+            !a.observe("q".into(), Some(5), t0),
+            "a first look is no move"
+        );
+        assert!(a.active.is_empty());
+        assert!(!a.observe("q".into(), Some(5), t0));
+        assert!(a.observe("q".into(), Some(6), t0));
+        a.expire(period, t0 + Duration::from_millis(999));
+        assert_eq!(a.active_queues(), ["q"]);
+        a.expire(period, t0 + period);
+        assert!(a.active.is_empty(), "quiet for a period: idle again");
+    }
+
+    #[test]
+    fn a_sequence_advanced_for_the_first_time_is_a_move() {
+        let mut a = Activity::default();
+        let t0 = Instant::now();
+        a.observe("q".into(), None, t0);
+        assert!(a.observe("q".into(), Some(1), t0));
+    }
+
+    #[test]
+    fn only_known_queues_become_active_on_a_wake_up() {
+        let mut a = Activity::default();
+        let t0 = Instant::now();
+        a.observe("q".into(), Some(1), t0);
+        a.woken(&["q".into(), "no such queue".into()], t0);
+        assert_eq!(a.active_queues(), ["q"]);
+    }
+}

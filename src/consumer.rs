@@ -13,13 +13,14 @@
 //! redone (PgQ returns the same batch id until it is finished).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Transaction};
 
-use crate::db::{self, ErrorClass, Session};
+use crate::db::{self, ErrorClass, Session, SharedSession};
 use crate::outage::{sleep_or_stop, Outage};
 use crate::pgq::{Event, PgqError};
 use crate::ticker::TICK_CHANNEL;
@@ -63,6 +64,9 @@ pub struct ConsumerOptions {
     pub node: Option<String>,
     /// What the queue's database is to the daemon, for connection errors ("master").
     pub role: &'static str,
+    /// A session the consumer shares with other parts of its daemon (a node daemon's one
+    /// master connection): it holds it only while it works on a batch. None: its own.
+    pub shared: Option<Arc<SharedSession>>,
 }
 
 impl ConsumerOptions {
@@ -86,6 +90,7 @@ impl ConsumerOptions {
             retry_max: Duration::from_secs(3600),
             node: None,
             role: "master",
+            shared: None,
         }
     }
 
@@ -168,13 +173,24 @@ pub async fn run<H: BatchHandler>(
     let mut finished = 0;
     loop {
         let err = match db::connect_to(opts.role, &opts.conninfo).await {
-            Ok(mut session) => {
+            Ok(Session {
+                client,
+                mut messages,
+            }) => {
                 let progress = Progress {
                     finished: &mut finished,
                     outage: &mut outage,
                 };
-                match session_loop(opts, handler, &mut session, &mut stop, progress).await {
-                    Ok(()) => return Ok(finished),
+                let session = opts
+                    .shared
+                    .clone()
+                    .unwrap_or_else(|| SharedSession::new(opts.role));
+                session.install(&opts.conninfo, client).await;
+                let ended =
+                    session_loop(opts, handler, &session, &mut messages, &mut stop, progress);
+                match ended.await {
+                    Ok(Ended::Stopped) => return Ok(finished),
+                    Ok(Ended::Deaf) => continue,
                     Err(e) => e,
                 }
             }
@@ -237,21 +253,29 @@ struct Progress<'a> {
     outage: &'a mut Outage,
 }
 
+/// Why a session's loop ended without an error.
+enum Ended {
+    Stopped,
+    /// The connection that LISTENs is gone (another part of the daemon may have opened a
+    /// new shared session, which does not): connect again.
+    Deaf,
+}
+
 async fn session_loop<H: BatchHandler>(
     opts: &ConsumerOptions,
     handler: &mut H,
-    session: &mut Session,
+    session: &SharedSession,
+    messages: &mut mpsc::UnboundedReceiver<AsyncMessage>,
     stop: &mut watch::Receiver<bool>,
     progress: Progress<'_>,
-) -> Result<(), HandlerError> {
-    session
-        .client
+) -> Result<Ended, HandlerError> {
+    let client = session.lock(&opts.conninfo).await?;
+    client
         .batch_execute(&format!("listen {TICK_CHANNEL}"))
         .await?;
     if opts.register {
         let registered = match &opts.node {
-            Some(node) => session
-                .client
+            Some(node) => client
                 .query_one("select pgfan.node_register($1)", &[node])
                 .await
                 .map(|_| true)
@@ -259,9 +283,7 @@ async fn session_loop<H: BatchHandler>(
                     call: "node_register",
                     source,
                 }),
-            None => {
-                crate::pgq::register_consumer(&session.client, &opts.queue, &opts.consumer).await
-            }
+            None => crate::pgq::register_consumer(&*client, &opts.queue, &opts.consumer).await,
         };
         if let Err(e) = registered {
             if db::classify(e.db_error()) == ErrorClass::Reconnect {
@@ -270,12 +292,16 @@ async fn session_loop<H: BatchHandler>(
             return Err(HandlerError::Setup(e.to_string()));
         }
     }
+    drop(client);
     let mut behind = false;
     loop {
         if *stop.borrow() {
-            return Ok(());
+            return Ok(Ended::Stopped);
         }
-        let round = process_one(opts, handler, &mut session.client, behind).await?;
+        let round = {
+            let mut client = session.lock(&opts.conninfo).await?;
+            process_one(opts, handler, &mut client, behind).await?
+        };
         progress.outage.recovered();
         if let Some(lag) = round {
             *progress.finished += 1;
@@ -283,8 +309,10 @@ async fn session_loop<H: BatchHandler>(
             continue;
         }
         behind = false;
-        if wait_for_tick(opts, &mut session.messages, stop).await {
-            return Ok(());
+        match wait_for_tick(opts, messages, stop).await {
+            Wait::Tick => {}
+            Wait::Stop => return Ok(Ended::Stopped),
+            Wait::Deaf => return Ok(Ended::Deaf),
         }
     }
 }
@@ -470,22 +498,32 @@ async fn handle_lazily<H: BatchHandler>(
     Ok((retries, count))
 }
 
-/// Waits for a tick notification of our queue, the poll period, or a stop; true on stop.
+/// What ended a wait for a tick.
+enum Wait {
+    /// Our queue ticked, or the poll period passed: look for a batch.
+    Tick,
+    Stop,
+    /// The connection that LISTENs ended.
+    Deaf,
+}
+
+/// Waits for a tick notification of our queue, the poll period, or a stop.
 async fn wait_for_tick(
     opts: &ConsumerOptions,
     messages: &mut mpsc::UnboundedReceiver<AsyncMessage>,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Wait {
     let deadline = tokio::time::Instant::now() + opts.poll_period;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return *stop.borrow(),
-            r = stop.changed() => if r.is_err() || *stop.borrow() { return true },
+            _ = tokio::time::sleep_until(deadline) => {
+                return if *stop.borrow() { Wait::Stop } else { Wait::Tick };
+            }
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return Wait::Stop },
             msg = messages.recv() => match msg {
-                Some(AsyncMessage::Notification(n)) if n.payload() == opts.queue => return false,
+                Some(AsyncMessage::Notification(n)) if n.payload() == opts.queue => return Wait::Tick,
                 Some(_) => {}
-                // The connection ended; the next query reports why and the session reconnects.
-                None => return false,
+                None => return Wait::Deaf,
             },
         }
     }

@@ -357,6 +357,63 @@ pub fn endpoint(conninfo: &str) -> String {
     )
 }
 
+/// One session that several parts of a daemon take turns on: a node daemon's one
+/// connection to the master, used by its claim consumer, its shipper and its heartbeat.
+/// Each part locks it for a round (a transaction, or a statement), so their statements
+/// never interleave; a part that finds no usable session opens one.
+pub struct SharedSession {
+    role: &'static str,
+    slot: tokio::sync::Mutex<Option<(String, Client)>>,
+}
+
+impl std::fmt::Debug for SharedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSession")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// A locked [`SharedSession`]: its client, for as long as the guard lives.
+pub type SharedGuard<'a> = tokio::sync::MappedMutexGuard<'a, Client>;
+
+impl SharedSession {
+    /// A shared session to the database of `role` (see [`connect_to`]), not opened yet.
+    pub fn new(role: &'static str) -> std::sync::Arc<SharedSession> {
+        std::sync::Arc::new(SharedSession {
+            role,
+            slot: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The session, opened to `conninfo` first when there is none, it is closed, or it was
+    /// opened to another connection string (a reload changed it).
+    pub async fn lock(&self, conninfo: &str) -> Result<SharedGuard<'_>, tokio_postgres::Error> {
+        let mut slot = self.slot.lock().await;
+        let entry = match slot.take() {
+            Some((to, c)) if to == conninfo && !c.is_closed() => (to, c),
+            _ => (
+                conninfo.to_string(),
+                connect_client_to(self.role, conninfo).await?,
+            ),
+        };
+        Ok(tokio::sync::MutexGuard::map(slot, |s| {
+            &mut s.insert(entry).1
+        }))
+    }
+
+    /// Closes the session (the next [`SharedSession::lock`] opens a new one).
+    pub async fn reset(&self) {
+        *self.slot.lock().await = None;
+    }
+
+    /// Makes `client`, opened to `conninfo`, the shared session (the one it replaces is
+    /// closed once the part using it, if any, lets go).
+    pub async fn install(&self, conninfo: &str, client: Client) {
+        *self.slot.lock().await = Some((conninfo.to_string(), client));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -604,3 +604,48 @@ async fn a_second_daemon_for_the_same_node_waits_as_a_standby() {
     stop_node(second).await;
     env.stop_ticker().await;
 }
+
+/// A node daemon needs one master connection: its claim, its shipper and its heartbeat
+/// take turns on it (issue 14's connection budget). Terminated, it is opened again, and
+/// still only one remains.
+#[tokio::test]
+async fn the_daemon_holds_one_master_session_and_reopens_it() {
+    let env = Env::new("n_one").await;
+    let app = "pgfan_test_n_one";
+    let mut cfg = env.config();
+    cfg.master = format!("{} application_name={app}", env.master.conninfo);
+    let node = start_node(cfg);
+    let m = env.master.connect().await;
+    let sessions =
+        format!("select count(*) = 1 from pg_stat_activity where application_name = '{app}'");
+    for round in [1, 2] {
+        let task = round;
+        put(&env, &[sql_task(task, "select 1")]).await;
+        env.wait_shipped(&[task]).await;
+        // Claimed and shipped; and a heartbeat after that, so every part has used the master.
+        let shipped: String = m.query_one("select now()::text", &[]).await.unwrap().get(0);
+        eventually(
+            &env.master,
+            &format!(
+                "select heartbeat > '{shipped}'::timestamptz from pgfan.node
+                  where node_name = 'n_one'"
+            ),
+        )
+        .await;
+        // One session (a replaced one may take a moment to end after a reconnect).
+        eventually(&env.master, &sessions).await;
+        if round == 1 {
+            m.execute(
+                &format!(
+                    "select pg_terminate_backend(pid) from pg_stat_activity
+                      where application_name = '{app}'"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    stop_node(node).await;
+    env.stop_ticker().await;
+}

@@ -12,30 +12,28 @@ use tokio_postgres::Client;
 
 use super::executor::Command;
 use super::NodeConfig;
+use crate::db::SharedSession;
 use crate::outage::{sleep_or_stop, Outage};
 
-struct Sessions {
-    master: Client,
-    node: Client,
-}
-
-/// Runs until `stop` turns true.
+/// Runs until `stop` turns true. The master session is the daemon's one, shared with the
+/// claim and the shipper; the node session is its own.
 pub async fn run(
     cfg: watch::Receiver<Arc<NodeConfig>>,
+    master: Arc<SharedSession>,
     executor: mpsc::UnboundedSender<Command>,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = cfg.borrow().name.clone();
     let mut outage = Outage::new("node heartbeat", name);
-    let mut sessions: Option<Sessions> = None;
+    let mut node: Option<Client> = None;
     let mut next_beat = Instant::now();
     loop {
         let current = cfg.borrow().clone();
         let mut pause = current.poll_period;
-        match round(&current, &mut sessions, &mut next_beat, &executor).await {
+        match round(&current, &master, &mut node, &mut next_beat, &executor).await {
             Ok(()) => outage.recovered(),
             Err(err) => {
-                sessions = None;
+                node = None;
                 pause = outage.failed(&err);
             }
         }
@@ -47,25 +45,23 @@ pub async fn run(
 
 async fn round(
     cfg: &NodeConfig,
-    sessions: &mut Option<Sessions>,
+    master: &SharedSession,
+    node: &mut Option<Client>,
     next_beat: &mut Instant,
     executor: &mpsc::UnboundedSender<Command>,
 ) -> Result<(), tokio_postgres::Error> {
-    let s = match sessions.take() {
-        Some(s) if !s.master.is_closed() && !s.node.is_closed() => s,
-        _ => Sessions {
-            master: crate::db::connect_client_to("master", &cfg.master).await?,
-            node: crate::db::connect_client_to("node", &cfg.db).await?,
-        },
+    let client = match node.take() {
+        Some(c) if !c.is_closed() => c,
+        _ => crate::db::connect_client_to("node", &cfg.db).await?,
     };
-    let s = sessions.insert(s);
-    let cancelled = cancelled_tasks(s, &cfg.name).await?;
+    let client = node.insert(client);
+    let cancelled = cancelled_tasks(cfg, master, client).await?;
     if !cancelled.is_empty() {
         // The executor is gone only when the daemon is stopping.
         let _ = executor.send(Command::Cancel(cancelled));
     }
     if Instant::now() >= *next_beat {
-        beat(&s.master, cfg).await?;
+        beat(&*master.lock(&cfg.master).await?, cfg).await?;
         *next_beat = Instant::now() + cfg.heartbeat_period;
     }
     Ok(())
@@ -83,9 +79,12 @@ async fn beat(master: &Client, cfg: &NodeConfig) -> Result<(), tokio_postgres::E
 }
 
 /// The node's unfinished tasks that were cancelled on the master.
-async fn cancelled_tasks(s: &Sessions, name: &str) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let open: Vec<i64> = s
-        .node
+async fn cancelled_tasks(
+    cfg: &NodeConfig,
+    master: &SharedSession,
+    node: &Client,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let open: Vec<i64> = node
         .query(
             "select task_id from pgfan_node.task where state in ('claimed', 'running')",
             &[],
@@ -97,9 +96,10 @@ async fn cancelled_tasks(s: &Sessions, name: &str) -> Result<Vec<i64>, tokio_pos
     if open.is_empty() {
         return Ok(open);
     }
-    let rows = s
-        .master
-        .query("select pgfan.cancelled_tasks($1, $2)", &[&name, &open])
+    let rows = master
+        .lock(&cfg.master)
+        .await?
+        .query("select pgfan.cancelled_tasks($1, $2)", &[&cfg.name, &open])
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

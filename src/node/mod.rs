@@ -8,6 +8,10 @@
 //! - ship (`ship`): finished results to the master queue `pgfan_results`;
 //! - heartbeat (`heartbeat`): `pgfan.node_heartbeat` and cancellations from the master.
 //!
+//! Claim, ship and heartbeat take turns on ONE master session ([`SharedSession`]), each
+//! holding it for a transaction or a statement: a fleet of N nodes costs the master N
+//! backends, not 3N.
+//!
 //! Before any of them start, the daemon takes the node's name ([`name_lock`]): a second
 //! daemon for the same node waits as a standby instead of sharing the work.
 //!
@@ -41,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::config::ConfigError;
 use crate::consumer::{self, ConsumerError, ConsumerOptions};
+use crate::db::SharedSession;
 use crate::signals::Control;
 use executor::{Command, Executor};
 
@@ -74,9 +79,10 @@ struct Claim {
 }
 
 impl Claim {
-    fn start(cfg: &NodeConfig, wake: Arc<Notify>) -> Claim {
+    fn start(cfg: &NodeConfig, master: Arc<SharedSession>, wake: Arc<Notify>) -> Claim {
         let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
         opts.poll_period = cfg.poll_period;
+        opts.shared = Some(master);
         // Through the node doors: the node's master login may read only its own queue.
         opts.node = Some(cfg.name.clone());
         let mut handler = claim::ClaimHandler::new(cfg, wake);
@@ -107,6 +113,7 @@ impl Claim {
 struct Daemon {
     cfg: watch::Sender<Arc<NodeConfig>>,
     wake: Arc<Notify>,
+    master: Arc<SharedSession>,
     claim: Claim,
     commands: mpsc::UnboundedSender<Command>,
     executor: JoinSet<Result<(), String>>,
@@ -118,7 +125,10 @@ impl Daemon {
     fn start(cfg: NodeConfig) -> Daemon {
         let claim_wake = Arc::new(Notify::new());
         let ship_wake = Arc::new(Notify::new());
-        let claim = Claim::start(&cfg, claim_wake.clone());
+        // The daemon's one master session: the claim, the shipper and the heartbeat take
+        // turns on it.
+        let master = SharedSession::new("master");
+        let claim = Claim::start(&cfg, master.clone(), claim_wake.clone());
         let (cfg, cfg_rx) = watch::channel(Arc::new(cfg));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let mut executor = JoinSet::new();
@@ -126,11 +136,22 @@ impl Daemon {
         executor.spawn(exec.run(commands_rx));
         let (background_stop, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
-        background.spawn(ship::run(cfg_rx.clone(), ship_wake, stop_rx.clone()));
-        background.spawn(heartbeat::run(cfg_rx, commands.clone(), stop_rx));
+        background.spawn(ship::run(
+            cfg_rx.clone(),
+            master.clone(),
+            ship_wake,
+            stop_rx.clone(),
+        ));
+        background.spawn(heartbeat::run(
+            cfg_rx,
+            master.clone(),
+            commands.clone(),
+            stop_rx,
+        ));
         Daemon {
             cfg,
             wake: claim_wake,
+            master,
             claim,
             commands,
             executor,
@@ -178,13 +199,15 @@ impl Daemon {
             tracing::info!(path = %path.display(), "Configuration unchanged");
             return;
         }
-        let restart_claim = new.poll_period != old.poll_period;
+        // A new master address too: the claim's session is the one the shipper and the
+        // heartbeat share, which follow the configuration's address.
+        let restart_claim = new.poll_period != old.poll_period || new.master != old.master;
         self.cfg.send_replace(Arc::new(new.clone()));
         if restart_claim {
             if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {
                 tracing::warn!(error = %err, "The claim consumer had failed; starting it again");
             }
-            self.claim = Claim::start(&new, self.wake.clone());
+            self.claim = Claim::start(&new, self.master.clone(), self.wake.clone());
         }
         tracing::info!(path = %path.display(), "Configuration reloaded");
     }

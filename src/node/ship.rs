@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 
 use super::result::{map_large_blocks, release_free_memory, MAX_RESULT_BYTES, TRIM_ABOVE};
 use super::NodeConfig;
+use crate::db::SharedSession;
 use crate::outage::{sleep_or_stop, Outage};
 
 /// Results shipped per master transaction, at most.
@@ -56,24 +57,28 @@ select t.task_id, t.job_id::text,
  where s.n = 1 or s.upto <= $2
  order by t.task_id";
 
-struct Sessions {
-    master: Client,
+/// The master session is the daemon's one (shared with the claim and the heartbeat); the
+/// node session is the shipper's own.
+struct Sessions<'a> {
+    master: &'a SharedSession,
+    master_conninfo: String,
     node: Client,
 }
 
 /// Ships until `stop` turns true, then makes a last attempt and returns.
 pub async fn run(
     cfg: watch::Receiver<Arc<NodeConfig>>,
+    master: Arc<SharedSession>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     map_large_blocks();
     let name = cfg.borrow().name.clone();
     let mut outage = Outage::new("node shipper", name.clone());
-    let mut sessions: Option<Sessions> = None;
+    let mut node: Option<Client> = None;
     loop {
         let mut pause = cfg.borrow().poll_period;
-        match sweep(&cfg, &mut sessions).await {
+        match sweep(&cfg, &master, &mut node).await {
             Ok(n) => {
                 outage.recovered();
                 if n > 0 {
@@ -83,7 +88,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
-                sessions = None;
+                node = None;
                 pause = outage.failed(&err);
             }
         }
@@ -98,31 +103,33 @@ pub async fn run(
     }
 }
 
-async fn connect(cfg: &NodeConfig) -> Result<Sessions, tokio_postgres::Error> {
-    Ok(Sessions {
-        master: crate::db::connect_client_to("master", &cfg.master).await?,
-        node: crate::db::connect_client_to("node", &cfg.db).await?,
-    })
-}
-
 /// Ships every finished, unshipped task; returns how many.
 async fn sweep(
     cfg: &watch::Receiver<Arc<NodeConfig>>,
-    sessions: &mut Option<Sessions>,
+    master: &SharedSession,
+    node: &mut Option<Client>,
 ) -> Result<usize, tokio_postgres::Error> {
     let cfg = cfg.borrow().clone();
     let mut shipped = 0;
     loop {
-        let s = match sessions.take() {
-            Some(s) if !s.master.is_closed() && !s.node.is_closed() => s,
-            _ => connect(&cfg).await?,
+        let client = match node.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => crate::db::connect_client_to("node", &cfg.db).await?,
         };
-        let round = ship_round(sessions.insert(s), &cfg.name).await?;
+        let mut s = Sessions {
+            master,
+            master_conninfo: cfg.master.clone(),
+            node: client,
+        };
+        let round = ship_round(&mut s, &cfg.name).await?;
+        *node = Some(s.node);
         shipped += round.shipped;
         if round.bytes > TRIM_ABOVE {
             // A session keeps buffers as large as the largest message it carried, for as
-            // long as it lives: after large results, new ones are opened.
-            *sessions = None;
+            // long as it lives: after large results, new ones are opened (the master's too,
+            // which the claim then opens again).
+            *node = None;
+            master.reset().await;
             release_free_memory();
         }
         if !round.more {
@@ -140,7 +147,7 @@ struct Round {
     more: bool,
 }
 
-async fn ship_round(s: &mut Sessions, node_name: &str) -> Result<Round, tokio_postgres::Error> {
+async fn ship_round(s: &mut Sessions<'_>, node_name: &str) -> Result<Round, tokio_postgres::Error> {
     let rows = s
         .node
         .query_typed(ROUND, &[(&CHUNK, Type::INT8), (&ROUND_BYTES, Type::INT8)])
@@ -161,6 +168,8 @@ async fn ship_round(s: &mut Sessions, node_name: &str) -> Result<Round, tokio_po
     // One statement and one event for the chunk, through the node door that checks the
     // login may act as this node and ships only its own tasks, in task order.
     s.master
+        .lock(&s.master_conninfo)
+        .await?
         .query_typed_one(
             "select pgfan.node_ship_batch($1, $2, $3, $4)",
             &[

@@ -45,6 +45,8 @@ pub struct Node {
     pub state: String,
     pub workers: Option<i32>,
     pub heartbeat_age_s: Option<f64>,
+    /// Whether the node's daemon has a session on the master now (pgfan.connected_nodes).
+    pub connected: bool,
     pub queued: i64,
     pub claimed: i64,
     pub running: i64,
@@ -97,7 +99,10 @@ pub async fn collect(c: &Client, limits: Limits) -> Result<Status, tokio_postgre
         .iter()
         .filter(|n| n.attention)
         .map(|n| match n.heartbeat_age_s {
-            Some(age) => format!("node {} is silent: last heartbeat {age:.0} s ago", n.node),
+            Some(age) => format!(
+                "node {} is silent: its daemon has no master session, last heartbeat {age:.0} s ago",
+                n.node
+            ),
             None => format!("node {} has never sent a heartbeat", n.node),
         })
         .collect();
@@ -174,7 +179,8 @@ async fn nodes(c: &Client, limits: Limits) -> Result<Vec<Node>, tokio_postgres::
                     count(t.*) filter (where t.state = 'queued'),
                     count(t.*) filter (where t.state = 'claimed'),
                     count(t.*) filter (where t.state = 'running'),
-                    count(t.*) filter (where t.state = 'failed' and t.finished_at > now() - interval '1 hour')
+                    count(t.*) filter (where t.state = 'failed' and t.finished_at > now() - interval '1 hour'),
+                    n.node_name in (select pgfan.connected_nodes())
                from pgfan.node n left join pgfan.task t on t.node_name = n.node_name
               where n.state <> 'removed'
               group by n.node_name order by n.node_name",
@@ -186,13 +192,17 @@ async fn nodes(c: &Client, limits: Limits) -> Result<Vec<Node>, tokio_postgres::
         .map(|r| {
             let state: String = r.get(1);
             let age: Option<f64> = r.get(3);
-            let silent = age.is_none_or(|a| a > limits.heartbeat_timeout.as_secs_f64());
+            let connected: bool = r.get(8);
+            // A connected daemon is alive however long ago it last wrote a heartbeat.
+            let silent =
+                !connected && age.is_none_or(|a| a > limits.heartbeat_timeout.as_secs_f64());
             Node {
                 node: r.get(0),
                 attention: state != "disabled" && silent,
                 state,
                 workers: r.get(2),
                 heartbeat_age_s: age,
+                connected,
                 queued: r.get(4),
                 claimed: r.get(5),
                 running: r.get(6),
@@ -256,8 +266,16 @@ pub fn render(s: &Status) -> String {
     if !s.nodes.is_empty() {
         let _ = writeln!(
             out,
-            "NODES\n  {:<16} {:<9} {:>7} {:>10} {:>7} {:>8} {:>8} {:>9}",
-            "node", "state", "workers", "heartbeat", "queued", "claimed", "running", "failed/h"
+            "NODES\n  {:<16} {:<9} {:>7} {:>9} {:>10} {:>7} {:>8} {:>8} {:>9}",
+            "node",
+            "state",
+            "workers",
+            "daemon",
+            "heartbeat",
+            "queued",
+            "claimed",
+            "running",
+            "failed/h"
         );
         for n in &s.nodes {
             let hb = n
@@ -265,10 +283,19 @@ pub fn render(s: &Status) -> String {
                 .map_or("never".into(), |a| format!("{a:.0}s ago"));
             let workers = n.workers.map_or("-".into(), |w| w.to_string());
             let flag = if n.attention { "  <- silent" } else { "" };
+            let daemon = if n.connected { "connected" } else { "-" };
             let _ = writeln!(
                 out,
-                "  {:<16} {:<9} {:>7} {:>10} {:>7} {:>8} {:>8} {:>9}{flag}",
-                n.node, n.state, workers, hb, n.queued, n.claimed, n.running, n.failed_last_hour
+                "  {:<16} {:<9} {:>7} {:>9} {:>10} {:>7} {:>8} {:>8} {:>9}{flag}",
+                n.node,
+                n.state,
+                workers,
+                daemon,
+                hb,
+                n.queued,
+                n.claimed,
+                n.running,
+                n.failed_last_hour
             );
         }
     }

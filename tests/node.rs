@@ -649,3 +649,24 @@ async fn the_daemon_holds_one_master_session_and_reopens_it() {
     stop_node(node).await;
     env.stop_ticker().await;
 }
+
+/// A node's liveness is its daemon's master session (pgfan.connected_nodes, read by `any`
+/// routing and `pgfan status`), so the heartbeat can be rare: connected while the daemon
+/// runs, not once it has stopped.
+#[tokio::test]
+async fn a_running_daemon_is_connected_and_a_stopped_one_is_not() {
+    let env = Env::new("n_live").await;
+    let mut cfg = env.config();
+    // What `pgfan node` names its sessions (the in-process daemon of a test does not).
+    cfg.master = format!(
+        "{} application_name='pgfan node n_live'",
+        env.master.conninfo
+    );
+    cfg.heartbeat_period = Duration::from_secs(3600);
+    let node = start_node(cfg);
+    let connected = "select 'n_live' in (select pgfan.connected_nodes())";
+    eventually(&env.master, connected).await;
+    stop_node(node).await;
+    eventually(&env.master, &format!("select not ({connected})")).await;
+    env.stop_ticker().await;
+}

@@ -81,7 +81,7 @@ struct Claim {
 impl Claim {
     fn start(cfg: &NodeConfig, master: Arc<SharedSession>, wake: Arc<Notify>) -> Claim {
         let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
-        opts.poll_period = cfg.poll_period;
+        opts.poll_period = cfg.claim_poll_period;
         opts.shared = Some(master);
         // Through the node doors: the node's master login may read only its own queue.
         opts.node = Some(cfg.name.clone());
@@ -201,7 +201,8 @@ impl Daemon {
         }
         // A new master address too: the claim's session is the one the shipper and the
         // heartbeat share, which follow the configuration's address.
-        let restart_claim = new.poll_period != old.poll_period || new.master != old.master;
+        let restart_claim =
+            new.claim_poll_period != old.claim_poll_period || new.master != old.master;
         self.cfg.send_replace(Arc::new(new.clone()));
         if restart_claim {
             if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {

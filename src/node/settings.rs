@@ -44,10 +44,22 @@ pub struct NodeConfig {
     /// tasks otherwise). Default: none (tasks run as the daemon's login: trusted SQL only).
     #[serde(default)]
     pub task_role: Option<String>,
-    /// Polling fallback for new tasks, cancellations and results to ship. Default 1 s.
+    /// Polling fallback on the node for new tasks, cancellations and results to ship (a
+    /// look at the master only when the node has open tasks). Default 1 s.
     #[serde(default = "default_poll_period", deserialize_with = "config::duration")]
     pub poll_period: Duration,
-    /// How often the node reports itself alive to the master. Default 5 s.
+    /// How often the claim looks for a batch of its queue when no tick notification has
+    /// come. pgfan's ticker notifies every tick, so this only covers a lost one and an idle
+    /// node costs the master one transaction a period; under pgqd, which does not notify,
+    /// set it to about a second. Default 60 s.
+    #[serde(
+        default = "default_claim_poll_period",
+        deserialize_with = "config::duration"
+    )]
+    pub claim_poll_period: Duration,
+    /// How often the node writes its heartbeat (workers, version) on the master. Its
+    /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
+    /// idle node costs the master one write a period. Default 60 s.
     #[serde(
         default = "default_heartbeat_period",
         deserialize_with = "config::duration"
@@ -80,8 +92,11 @@ fn default_workers() -> usize {
 fn default_poll_period() -> Duration {
     Duration::from_secs(1)
 }
+fn default_claim_poll_period() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_heartbeat_period() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(60)
 }
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
@@ -124,6 +139,7 @@ impl NodeConfig {
             copy_key: None,
             task_role: None,
             poll_period: default_poll_period(),
+            claim_poll_period: default_claim_poll_period(),
             heartbeat_period: default_heartbeat_period(),
             stop_timeout: default_stop_timeout(),
             metrics_listen: None,
@@ -168,6 +184,7 @@ impl NodeConfig {
         }
         for (key, d) in [
             ("poll_period", self.poll_period),
+            ("claim_poll_period", self.claim_poll_period),
             ("heartbeat_period", self.heartbeat_period),
         ] {
             if d.is_zero() {
@@ -225,7 +242,8 @@ mod tests {
         assert_eq!(cfg.workers, 4);
         assert!(cfg.allow_sql);
         assert_eq!(cfg.poll_period, Duration::from_secs(1));
-        assert_eq!(cfg.heartbeat_period, Duration::from_secs(5));
+        assert_eq!(cfg.claim_poll_period, Duration::from_secs(60));
+        assert_eq!(cfg.heartbeat_period, Duration::from_secs(60));
         assert_eq!(cfg.stop_timeout, Duration::from_secs(30));
         assert_eq!(cfg.queue(), "pgfan_node_n1");
         assert!(cfg.check().is_ok());

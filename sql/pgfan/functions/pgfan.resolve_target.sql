@@ -2,7 +2,8 @@
 --
 --   <name>[,<name>...]  those nodes (each must exist and be neither disabled nor removed)
 --   all                 every active node whose daemon has started (sent a heartbeat)
---   any                 one such node: a live one (heartbeat in the last 30 s) with the
+--   any                 one such node: a live one (its daemon connected to the master,
+--                       pgfan.connected_nodes, or a heartbeat in the last 30 s) with the
 --                       fewest open tasks
 --   (until some node's daemon has started, every active node counts as started)
 --   hash:<key>          the node owning partition hashtext(key) & (count - 1); only active
@@ -39,7 +40,8 @@ begin
         return query
             select n.node_name from pgfan.node n
              where n.state = 'active' and (n.heartbeat is not null or not v_started)
-             order by (n.heartbeat > now() - interval '30 s') is not true,
+             order by not (n.node_name in (select pgfan.connected_nodes())
+                           or coalesce(n.heartbeat > now() - interval '30 s', false)),
                       (select count(*) from pgfan.task t
                         where t.node_name = n.node_name and t.finished_at is null),
                       random()

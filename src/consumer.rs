@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Transaction};
 
 use crate::db::{self, ErrorClass, Session, SharedSession};
@@ -67,6 +68,10 @@ pub struct ConsumerOptions {
     /// A session the consumer shares with other parts of its daemon (a node daemon's one
     /// master connection): it holds it only while it works on a batch. None: its own.
     pub shared: Option<Arc<SharedSession>>,
+    /// LISTEN for the ticker's notifications. Off behind a pooler in transaction mode
+    /// (PgBouncer), where a LISTEN would stay on whichever server connection ran it: the
+    /// consumer then looks for batches every `poll_period`.
+    pub listen: bool,
 }
 
 impl ConsumerOptions {
@@ -91,6 +96,7 @@ impl ConsumerOptions {
             node: None,
             role: "master",
             shared: None,
+            listen: true,
         }
     }
 
@@ -270,13 +276,17 @@ async fn session_loop<H: BatchHandler>(
     progress: Progress<'_>,
 ) -> Result<Ended, HandlerError> {
     let client = session.lock(&opts.conninfo).await?;
-    client
-        .batch_execute(&format!("listen {TICK_CHANNEL}"))
-        .await?;
+    if opts.listen {
+        client
+            .batch_execute(&format!("listen {TICK_CHANNEL}"))
+            .await?;
+    }
     if opts.register {
         let registered = match &opts.node {
+            // Unnamed (one round trip): outside a transaction a pooler may run a named
+            // statement's parse and execution on different server connections.
             Some(node) => client
-                .query_one("select pgfan.node_register($1)", &[node])
+                .query_typed_one("select pgfan.node_register($1)", &[(node, Type::TEXT)])
                 .await
                 .map(|_| true)
                 .map_err(|source| PgqError::Db {

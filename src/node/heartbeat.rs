@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::executor::Command;
@@ -69,10 +70,17 @@ async fn round(
 
 async fn beat(master: &Client, cfg: &NodeConfig) -> Result<(), tokio_postgres::Error> {
     let workers = i32::try_from(cfg.workers).unwrap_or(i32::MAX);
+    // Unnamed statements (one round trip each) here: outside a transaction a pooler in
+    // transaction mode may run a named statement's parse and execution on different
+    // server connections.
     master
-        .execute(
+        .query_typed(
             "select pgfan.node_heartbeat($1, $2, $3)",
-            &[&cfg.name, &workers, &crate::VERSION],
+            &[
+                (&cfg.name, Type::TEXT),
+                (&workers, Type::INT4),
+                (&crate::VERSION, Type::TEXT),
+            ],
         )
         .await?;
     Ok(())
@@ -99,7 +107,10 @@ async fn cancelled_tasks(
     let rows = master
         .lock(&cfg.master)
         .await?
-        .query("select pgfan.cancelled_tasks($1, $2)", &[&cfg.name, &open])
+        .query_typed(
+            "select pgfan.cancelled_tasks($1, $2)",
+            &[(&cfg.name, Type::TEXT), (&open, Type::INT8_ARRAY)],
+        )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

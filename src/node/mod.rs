@@ -83,6 +83,7 @@ impl Claim {
         let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
         opts.poll_period = cfg.claim_poll_period;
         opts.shared = Some(master);
+        opts.listen = !cfg.pooled;
         // Through the node doors: the node's master login may read only its own queue.
         opts.node = Some(cfg.name.clone());
         let mut handler = claim::ClaimHandler::new(cfg, wake);
@@ -201,8 +202,9 @@ impl Daemon {
         }
         // A new master address too: the claim's session is the one the shipper and the
         // heartbeat share, which follow the configuration's address.
-        let restart_claim =
-            new.claim_poll_period != old.claim_poll_period || new.master != old.master;
+        let restart_claim = new.claim_poll_period != old.claim_poll_period
+            || new.master != old.master
+            || new.pooled != old.pooled;
         self.cfg.send_replace(Arc::new(new.clone()));
         if restart_claim {
             if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {

@@ -57,6 +57,13 @@ pub struct NodeConfig {
         deserialize_with = "config::duration"
     )]
     pub claim_poll_period: Duration,
+    /// The master is reached through a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`): no LISTEN (the claim looks for batches every
+    /// `claim_poll_period`, so set it to the latency you accept, e.g. 20s) and no
+    /// statement that outlives its transaction. The claim's look also refreshes the
+    /// node's heartbeat, so it is the one transaction an idle node costs. Default false.
+    #[serde(default)]
+    pub pooled: bool,
     /// How often the node writes its heartbeat (workers, version) on the master. Its
     /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
     /// idle node costs the master one write a period. Default 60 s.
@@ -140,6 +147,7 @@ impl NodeConfig {
             task_role: None,
             poll_period: default_poll_period(),
             claim_poll_period: default_claim_poll_period(),
+            pooled: false,
             heartbeat_period: default_heartbeat_period(),
             stop_timeout: default_stop_timeout(),
             metrics_listen: None,

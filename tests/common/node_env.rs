@@ -208,13 +208,18 @@ pub fn sql_task(task: i64, sql: &str) -> Pull<'static> {
 
 /// Puts the events into the node's queue in one master transaction (so one batch).
 pub async fn put(env: &Env, events: &[Pull<'_>]) {
+    put_in(env, &env.queue(), events).await
+}
+
+/// [`put`] into `queue`, another node's pull queue on the same master.
+pub async fn put_in(env: &Env, queue: &str, events: &[Pull<'_>]) {
     let mut m = env.master.connect().await;
     let tx = m.transaction().await.unwrap();
     for e in events {
         tx.query_one(
             "select pgq.insert_event($1, $2, $3, $4, '1', $5, $6)",
             &[
-                &env.queue(),
+                &queue,
                 &e.kind,
                 &e.data,
                 &e.task.to_string(),

@@ -29,6 +29,12 @@ begin
     select b.batch_id, b.cur_tick_id, b.prev_tick_id, b.cur_tick_time
       into batch_id, cur_tick_id, prev_tick_id, cur_tick_time
       from pgq.next_batch_custom(v_queue, v_queue, i_min_lag, i_min_count, i_min_interval) b;
+    -- Looking for work is a sign of life: the heartbeat is refreshed when older than 15 s
+    -- (a write at most that often, and never a node's first heartbeat, which
+    -- pgfan.node_heartbeat writes). A daemon behind a pooler, whose session pgfan cannot
+    -- see (pgfan.connected_nodes), then stays live at one transaction per poll.
+    update pgfan.node set heartbeat = now()
+     where node_name = i_node and heartbeat < now() - interval '15 s';
 end;
 $$ language plpgsql security definer
 set search_path = pg_catalog, pg_temp;

@@ -4,6 +4,7 @@
 //! The library holds everything; `main.rs` only parses the command line.
 
 pub mod admin;
+pub mod bouncer;
 pub mod cluster;
 pub mod config;
 pub mod consumer;

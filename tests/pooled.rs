@@ -5,116 +5,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::node_env::{put, put_in, sql_task, start_node, stop_node, Env, Pull};
 use common::{cluster, eventually, TestDb};
+use pgfan::bouncer::Bouncer;
 use pgfan::install::{self, Role};
 use pgfan::node::NodeConfig;
-
-const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
-
-/// A PgBouncer in transaction mode in front of the test cluster, one server connection per
-/// database.
-struct Bouncer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Bouncer {
-    fn start() -> Bouncer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // PgBouncer refuses to run as root: it runs as the cluster's user, who must read
-        // its files.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let ini = format!(
-            "[databases]\n* = host=127.0.0.1 port={}\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-             auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
-             default_pool_size = 1\nmax_client_conn = 200\n\
-             ignore_startup_parameters = extra_float_digits,options\n",
-            cluster().port(),
-            dir.path().join("users.txt").display()
-        );
-        write(&dir.path().join("pgbouncer.ini"), &ini);
-        write(&dir.path().join("users.txt"), "\"postgres\" \"\"\n");
-        let mut b = Bouncer {
-            dir,
-            port,
-            child: None,
-        };
-        b.run();
-        b
-    }
-
-    fn run(&mut self) {
-        let ini = self.dir.path().join("pgbouncer.ini");
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", PGBOUNCER]);
-            c
-        } else {
-            Command::new(PGBOUNCER)
-        };
-        let child = cmd
-            .arg(&ini)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
-        self.child = Some(child);
-        // Listening: a TCP connect succeeds (PgBouncer binds before it serves).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pgbouncer never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills PgBouncer (every client and server connection through it breaks) and starts
-    /// it again on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        self.run();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn conninfo(&self, dbname: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
-            self.port
-        )
-    }
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("write a pgbouncer file");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-}
 
 /// Another node of `env`'s master, with its own node database and the same settings.
 async fn other_node(env: &Env, name: &str) -> TestDb {
@@ -167,7 +64,8 @@ async fn nodes_through_pgbouncer_run_their_tasks_exactly_once_across_a_restart()
         ("n_pooled2", other_node(&env, "n_pooled2").await),
         ("n_pooled3", other_node(&env, "n_pooled3").await),
     ];
-    let mut bouncer = Bouncer::start();
+    // One server connection for the three daemons.
+    let mut bouncer = Bouncer::start(cluster(), 1).expect("start pgbouncer");
     let pooled = |name: &str, node: &str| NodeConfig {
         pooled: true,
         claim_poll_period: Duration::from_millis(200),
@@ -188,7 +86,7 @@ async fn nodes_through_pgbouncer_run_their_tasks_exactly_once_across_a_restart()
     round(&env, &names, 1, 10).await;
     env.wait_shipped(&(1..=10).collect::<Vec<_>>()).await;
     round(&env, &names, 11, 30).await;
-    bouncer.restart();
+    bouncer.restart().expect("restart pgbouncer");
     round(&env, &names, 31, 40).await;
 
     env.wait_shipped(&(1..=40).collect::<Vec<_>>()).await;

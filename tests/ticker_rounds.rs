@@ -111,9 +111,10 @@ async fn start_hourly_ticker(
     cfg.ticker_period = Duration::from_secs(3600);
     cfg.poll_period = Duration::from_millis(10);
     let started = start_ticker(cfg);
-    // The round is the statement that calls pgq.ticker(queue_name); once it has finished
-    // (its session idle), the round has ticked what it ticks. With no queue active, no
-    // statement follows it for an hour.
+    // The ticker prepares its statement with the text pgq.ticker(queue_name) after its
+    // first round, so once that is what its session last ran, the round has ticked what it
+    // ticks. With no queue active, nothing but the (read-only) start-up sweep follows it
+    // for an hour.
     common::eventually(
         db,
         "select exists (select 1 from pg_stat_activity

@@ -28,8 +28,10 @@ use super::urgent::{self, Missed};
 use super::TickerConfig;
 use crate::db::Session;
 
-/// The round: each queue's event sequence position, and a tick offer to the queues that
-/// PgQ's `ticker(queue)` could tick now. `due` is PgQ's rule read from the same rows
+/// The round: a tick offer to the queues that PgQ's `ticker(queue)` could tick now, and the
+/// event sequence position of the queues that ticked or have events no tick covers yet
+/// (the others are idle: no row for them, so an idle round moves a handful of rows, not
+/// one per queue). `due` is PgQ's rule read from the same rows
 /// `pgq.ticker` reads, in the same transaction (so the same `now()`): a tick when the queue
 /// has none yet, when the sequence passed the last tick's position (new events; the
 /// queue's `ticker_max_count` / `ticker_max_lag` then decide, inside `pgq.ticker`), or, with
@@ -37,12 +39,12 @@ use crate::db::Session;
 /// `ticker_max_lag / 2` old and older than twice the gap before it or than
 /// `ticker_idle_period`. A sequence never advanced reads as NULL and counts as no new
 /// events, as it does for PgQ (its position is then the one the first tick recorded).
-/// Materialized so that `pgq.ticker` runs exactly once per due queue, in queue order. (The
-/// call comes first in the text: pg_stat_activity shows the first 1 kB of a statement.)
+/// Materialized so that `pgq.ticker` runs exactly once per due queue, in queue order.
 const ROUND_SQL: &str = "with r as materialized (
-        select queue_id, queue_name, pos,
-               case when due then pgq.ticker(queue_name) end as tick_id
+        select queue_id, queue_name, pos, pending,
+               case when due then pgq.ticker(d.queue_name) end as tick_id
           from (select q.queue_id, q.queue_name, s.pos,
+                       coalesce(s.pos > t.tick_event_seq, false) as pending,
                        t.tick_id is null
                        or s.pos > t.tick_event_seq
                        or p.tick_time is null
@@ -63,10 +65,10 @@ const ROUND_SQL: &str = "with r as materialized (
                          order by tick_queue desc, tick_id desc limit 1) p on true
                  where not q.queue_ticker_paused and not q.queue_external_ticker) d
          order by queue_id)
-    select queue_name, pos, tick_id,
+    select queue_name, pos, pending, tick_id,
            case when tick_id is not null
                 then pg_catalog.pg_notify('pgfan_tick', queue_name) end::text
-      from r order by queue_id";
+      from r where tick_id is not null or pending order by queue_id";
 
 /// The fast poll: event sequence positions of the given (active) queues.
 const POLL_SQL: &str =
@@ -106,23 +108,26 @@ struct Activity {
 }
 
 impl Activity {
-    /// Records a queue's position; true when it moved since the last look. The first look
-    /// at a queue is no move: the round that made it offers the queue a tick anyway.
-    fn observe(&mut self, queue: String, pos: Option<i64>, now: Instant) -> bool {
-        match self.seen.insert(queue.clone(), pos) {
-            Some(before) if before != pos => {
-                self.active.insert(queue, now);
-                true
-            }
-            _ => false,
+    /// Records a queue's position; true (and the queue active) when it moved since the
+    /// last look. A first look counts as a move when `pending` says the queue has events
+    /// no tick covers yet: the rounds leave idle queues out, so a queue first seen later
+    /// has just become busy (a first look at an idle-ticked queue is no move).
+    fn observe(&mut self, queue: String, pos: Option<i64>, pending: bool, now: Instant) -> bool {
+        let moved = match self.seen.insert(queue.clone(), pos) {
+            Some(before) => before != pos,
+            None => pending,
+        };
+        if moved {
+            self.active.insert(queue, now);
         }
+        moved
     }
 
-    /// Marks woken queues active, the ones this ticker knows (a wake-up's payload is
+    /// Marks queues active that a wake-up ticked (real queues: a wake-up's payload is
     /// whatever its sender wrote).
-    fn woken(&mut self, queues: &[String], now: Instant) {
-        for q in queues.iter().filter(|q| self.seen.contains_key(*q)) {
-            self.active.insert(q.clone(), now);
+    fn woken(&mut self, queues: Vec<String>, now: Instant) {
+        for q in queues {
+            self.active.insert(q, now);
         }
     }
 
@@ -144,27 +149,38 @@ pub(super) async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, tokio_postgres::Error> {
     let client = &session.client;
+    // The order makes the ticker's state visible to tests: a statement with the text
+    // `pgq.ticker(queue_name)` (TICK_SQL; pg_stat_activity shows a prepared statement's text
+    // too) is what the session last ran only once it listens and has run its first round.
     client
         .batch_execute(&format!("listen {}", urgent::WAKE_CHANNEL))
         .await?;
-    let st = Statements {
-        round: client.prepare(ROUND_SQL).await?,
-        poll: client.prepare(POLL_SQL).await?,
-        tick: client.prepare(TICK_SQL).await?,
-    };
+    let round_sql = client.prepare(ROUND_SQL).await?;
+    let poll_sql = client.prepare(POLL_SQL).await?;
     let opened = Instant::now();
     let mut activity = Activity::default();
     let mut missed = Missed::default();
     let mut woken: HashSet<String> = HashSet::new();
-    let mut next_round = Instant::now();
+    let first = client.query(&round_sql, &[]).await?;
+    note_round(first, &mut activity, db);
+    let urgent = sweep(client, &mut missed).await?;
+    let st = Statements {
+        round: round_sql,
+        poll: poll_sql,
+        tick: client.prepare(TICK_SQL).await?,
+    };
+    if !urgent.is_empty() {
+        tick_now(client, &st.tick, urgent, db).await?;
+    }
+    let mut next_round = Instant::now() + cfg.ticker_period;
     loop {
         if !woken.is_empty() {
             // A commit announced these queues: tick them before anything else, so the
             // hand-off costs one statement (two when PgQ's idle back-off declines) rather
             // than waiting behind the poll and the missed-events search below.
             let queues: Vec<String> = std::mem::take(&mut woken).into_iter().collect();
-            tick_now(client, &st.tick, queues.clone(), db).await?;
-            activity.woken(&queues, Instant::now());
+            let ticked = tick_now(client, &st.tick, queues, db).await?;
+            activity.woken(ticked, Instant::now());
         }
         let now = Instant::now();
         if now >= next_round {
@@ -188,6 +204,46 @@ pub(super) async fn run(
     }
 }
 
+/// Counts a round's ticks and records its positions; returns the active queues that did
+/// not move.
+fn note_round(rows: Vec<tokio_postgres::Row>, activity: &mut Activity, db: &str) -> Vec<String> {
+    let now = Instant::now();
+    let mut quiet = Vec::new();
+    let mut ticks = 0u64;
+    for row in rows {
+        let (queue, pos, pending, tick_id): (String, Option<i64>, bool, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if let Some(tick_id) = tick_id {
+            tracing::trace!(db, queue, tick_id, "Ticked");
+            ticks += 1;
+        }
+        let moved = activity.observe(queue.clone(), pos, pending, now);
+        if !moved && activity.active.contains_key(&queue) {
+            quiet.push(queue);
+        }
+    }
+    count_ticks(db, ticks);
+    quiet
+}
+
+/// Looks once, at the start of a session, at every queue for events that its last tick
+/// missed: their commit's wake-up may have gone out while no session listened (the
+/// previous one had ended), and a queue with no events waiting is left out of the
+/// activity the missed-events search is otherwise limited to. Returns those queues.
+async fn sweep(client: &Client, missed: &mut Missed) -> Result<Vec<String>, tokio_postgres::Error> {
+    let queues: Vec<String> = client
+        .query(
+            "select queue_name from pgq.queue
+              where not queue_ticker_paused and not queue_external_ticker",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    missed.find(client, &queues).await
+}
+
 /// The round (see ROUND_SQL), then a forced tick for active queues whose last tick missed
 /// events.
 async fn round(
@@ -199,20 +255,8 @@ async fn round(
     db: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let now = Instant::now();
-    let mut quiet = Vec::new();
-    let mut ticks = 0u64;
-    for row in client.query(&st.round, &[]).await? {
-        let (queue, pos, tick_id): (String, Option<i64>, Option<i64>) =
-            (row.get(0), row.get(1), row.get(2));
-        if let Some(tick_id) = tick_id {
-            tracing::trace!(db, queue, tick_id, "Ticked");
-            ticks += 1;
-        }
-        if !activity.observe(queue.clone(), pos, now) && activity.active.contains_key(&queue) {
-            quiet.push(queue);
-        }
-    }
-    count_ticks(db, ticks);
+    let rows = client.query(&st.round, &[]).await?;
+    let mut quiet = note_round(rows, activity, db);
     activity.expire(cfg.ticker_period, now);
     quiet.retain(|q| activity.active.contains_key(q));
     // The round ticked what PgQ allows; the newest tick is what the search looks behind.
@@ -237,7 +281,7 @@ async fn fast_poll(
     let mut quiet = Vec::new();
     for row in client.query(&st.poll, &[&activity.active_queues()]).await? {
         let (queue, pos): (String, Option<i64>) = (row.get(0), row.get(1));
-        if !activity.observe(queue.clone(), pos, now) {
+        if !activity.observe(queue.clone(), pos, false, now) {
             quiet.push(queue);
         }
     }
@@ -267,22 +311,24 @@ async fn fast_poll(
 
 /// Ticks `queues` now: offers each a tick and forces one where PgQ declines, because a
 /// commit announced new events that an earlier tick may have counted while they were
-/// still invisible (PgQ would then call the queue idle and back off).
+/// still invisible (PgQ would then call the queue idle and back off). Returns the queues
+/// that ticked.
 async fn tick_now(
     client: &Client,
     tick: &Statement,
     mut queues: Vec<String>,
     db: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let ticked = offer_ticks(client, tick, &queues, db).await?;
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut ticked = offer_ticks(client, tick, &queues, db).await?;
     queues.retain(|q| !ticked.contains(q));
     if !queues.is_empty() {
-        force_ticks(client, tick, queues, db).await?;
+        ticked.extend(force_ticks(client, tick, queues, db).await?);
     }
-    Ok(())
+    Ok(ticked)
 }
 
-/// `pgq.force_tick` for `queues`, then a tick offer, which PgQ then accepts. Only queues
+/// `pgq.force_tick` for `queues`, then a tick offer, which PgQ then accepts; returns the
+/// queues that ticked. Only queues
 /// this ticker drives are forced: a wake-up's payload is whatever its sender wrote, and a
 /// name that is no queue (or a paused one) must neither fail the session nor move a
 /// sequence.
@@ -291,7 +337,7 @@ async fn force_ticks(
     tick: &Statement,
     queues: Vec<String>,
     db: &str,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<String>, tokio_postgres::Error> {
     client
         .execute(
             "select pgq.force_tick(queue_name) from pgq.queue
@@ -300,8 +346,7 @@ async fn force_ticks(
             &[&queues],
         )
         .await?;
-    offer_ticks(client, tick, &queues, db).await?;
-    Ok(())
+    offer_ticks(client, tick, &queues, db).await
 }
 
 /// Runs TICK_SQL for `queues`; returns the queues that ticked.
@@ -332,17 +377,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_queue_is_active_from_its_first_move_for_one_period() {
+    fn a_queue_is_active_from_its_move_for_one_period() {
         let mut a = Activity::default();
         let t0 = Instant::now();
         let period = Duration::from_secs(1);
+        assert!(!a.observe("q".into(), Some(5), false, t0));
         assert!(
-            !a.observe("q".into(), Some(5), t0),
-            "a first look is no move"
+            a.active.is_empty(),
+            "a first look at an idle queue is no move"
         );
-        assert!(a.active.is_empty());
-        assert!(!a.observe("q".into(), Some(5), t0));
-        assert!(a.observe("q".into(), Some(6), t0));
+        assert!(
+            !a.observe("q".into(), Some(5), true, t0),
+            "events waiting, not new"
+        );
+        assert!(a.observe("q".into(), Some(6), false, t0));
         a.expire(period, t0 + Duration::from_millis(999));
         assert_eq!(a.active_queues(), ["q"]);
         a.expire(period, t0 + period);
@@ -350,19 +398,21 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_advanced_for_the_first_time_is_a_move() {
+    fn a_first_look_at_a_queue_with_waiting_events_is_a_move() {
         let mut a = Activity::default();
         let t0 = Instant::now();
-        a.observe("q".into(), None, t0);
-        assert!(a.observe("q".into(), Some(1), t0));
+        assert!(a.observe("busy".into(), Some(9), true, t0));
+        assert!(!a.observe("q".into(), None, false, t0));
+        assert!(a.observe("q".into(), Some(1), false, t0), "a first advance");
+        let mut active = a.active_queues();
+        active.sort();
+        assert_eq!(active, ["busy", "q"]);
     }
 
     #[test]
-    fn only_known_queues_become_active_on_a_wake_up() {
+    fn woken_queues_are_active() {
         let mut a = Activity::default();
-        let t0 = Instant::now();
-        a.observe("q".into(), Some(1), t0);
-        a.woken(&["q".into(), "no such queue".into()], t0);
+        a.woken(vec!["q".into()], Instant::now());
         assert_eq!(a.active_queues(), ["q"]);
     }
 }

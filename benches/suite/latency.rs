@@ -11,6 +11,10 @@
 //!   trigger sends `job_done` when the python reducer marks the job done), minus the same
 //!   send time.
 //!
+//! pgfan runs twice: direct (defaults), and pooled: the node daemons reach the master
+//! through PgBouncer in transaction mode (two server connections for the three nodes),
+//! `pooled = true`, `claim_poll_period` 1 s, so new work waits for a node's next poll.
+//!
 //! The first [`WARMUP`] events only warm connections and plans and are not counted. One run.
 //! For pgfan the case also prints where the time goes: the median of each pipeline
 //! timestamp relative to the send time.
@@ -19,6 +23,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
+use pgfan::bouncer::Bouncer;
 use pgfan::demo::Topology;
 use tokio::time::MissedTickBehavior;
 
@@ -226,8 +231,27 @@ fn at(r: &tokio_postgres::Row, i: usize) -> f64 {
     r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN)
 }
 
-async fn pgfan_measure(n: usize) -> Result<(Measured, String)> {
-    let topo = delivery::start_pgfan().await?;
+/// The claim poll of the pooled-mode measurement: the latency it should show.
+const POOLED_POLL: Duration = Duration::from_secs(1);
+
+async fn pgfan_measure(n: usize, pooled: bool) -> Result<(Measured, String)> {
+    let mut topo = delivery::start_pgfan().await?;
+    // Pooled: every node daemon reaches the master through PgBouncer in transaction mode,
+    // two server connections for the three of them, and polls.
+    let bouncer = match pooled {
+        true => Some(Bouncer::start(&topo.master, 2)?),
+        false => None,
+    };
+    if let Some(b) = &bouncer {
+        for i in 0..topo.nodes.len() {
+            topo.stop_node(i).await?;
+            let cfg = &mut topo.nodes[i].config;
+            cfg.master = b.conninfo("postgres");
+            cfg.pooled = true;
+            cfg.claim_poll_period = POOLED_POLL;
+            topo.start_node(i);
+        }
+    }
     let result = async {
         let m = measure(
             &Endpoints::pgfan(&topo),
@@ -240,6 +264,7 @@ async fn pgfan_measure(n: usize) -> Result<(Measured, String)> {
     }
     .await;
     let stopped = topo.shutdown().await;
+    drop(bouncer);
     let r = result?;
     stopped.context("stop pgfan's daemons")?;
     Ok(r)
@@ -254,7 +279,8 @@ async fn baseline_measure(n: usize) -> Result<Measured> {
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let n = ctx.size(500, 100);
-    let (pgfan, breakdown) = pgfan_measure(n).await.context("pgfan")?;
+    let (pgfan, breakdown) = pgfan_measure(n, false).await.context("pgfan")?;
+    let (pooled, _) = pgfan_measure(n, true).await.context("pgfan, pooled")?;
     let base = baseline_measure(n).await.context("pgqd + python3-pgq")?;
     ctx.note(
         CASE,
@@ -303,6 +329,21 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             row = row.goal(format!("p{pct} <= {limit} ms"), v <= limit);
         }
         rows.push(row);
+    }
+    for p in [0.5_f64, 0.99] {
+        let pct = (p * 100.0).round();
+        rows.push(Row::versus(
+            CASE,
+            format!(
+                "insert -> applied, pooled ({}s poll), p{pct}",
+                POOLED_POLL.as_secs()
+            ),
+            "ms",
+            Better::Lower,
+            vec![percentile(&pooled.applied, p)],
+            "pgqd + python3-pgq push/pull",
+            &[percentile(&base.applied, p)],
+        ));
     }
     Ok(rows)
 }

@@ -178,7 +178,8 @@ pub async fn run<H: BatchHandler>(
     let mut outage = Outage::new("consumer", format!("{}/{}", opts.queue, opts.consumer));
     let mut finished = 0;
     loop {
-        let err = match db::connect_to(opts.role, &opts.conninfo).await {
+        let name = opts.shared.as_ref().and_then(|s| s.application_name());
+        let err = match db::connect_named(opts.role, &opts.conninfo, name).await {
             Ok(Session {
                 client,
                 mut messages,

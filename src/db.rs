@@ -91,6 +91,16 @@ pub async fn connect_as(
     conninfo: &str,
     user: Option<&str>,
 ) -> Result<Session, tokio_postgres::Error> {
+    connect_with(conninfo, user, None).await
+}
+
+/// [`connect_as`], with `application_name` for this session where the connection string
+/// sets none (instead of the process's, [`set_application_name`]).
+async fn connect_with(
+    conninfo: &str,
+    user: Option<&str>,
+    application_name: Option<&str>,
+) -> Result<Session, tokio_postgres::Error> {
     let (rest, tls) = match crate::tls::split(conninfo) {
         Ok(split) => split,
         Err(err) => return Err(tls_error(err).await),
@@ -104,7 +114,8 @@ pub async fn connect_as(
     crate::passfile::apply(&mut cfg);
     default_keepalives(conninfo, &mut cfg);
     if cfg.get_application_name().is_none() {
-        cfg.application_name(APPLICATION_NAME.get().map_or("pgfan", |n| n.as_str()));
+        let process = APPLICATION_NAME.get().map_or("pgfan", |n| n.as_str());
+        cfg.application_name(application_name.unwrap_or(process));
     }
     let connector = match crate::tls::connector(&tls) {
         Ok(c) => c,
@@ -253,7 +264,17 @@ pub async fn connect_to(
     role: &'static str,
     conninfo: &str,
 ) -> Result<Session, tokio_postgres::Error> {
-    let result = connect(conninfo).await;
+    connect_named(role, conninfo, None).await
+}
+
+/// [`connect_to`], the session named `application_name` where the connection string
+/// names none: a node daemon's master session is named for its node wherever it runs.
+pub async fn connect_named(
+    role: &'static str,
+    conninfo: &str,
+    application_name: Option<&str>,
+) -> Result<Session, tokio_postgres::Error> {
+    let result = connect_with(conninfo, None, application_name).await;
     let key = (role, endpoint(conninfo));
     let mut failures = CONNECT_FAILURES.lock().unwrap_or_else(|e| e.into_inner());
     match &result {
@@ -363,6 +384,7 @@ pub fn endpoint(conninfo: &str) -> String {
 /// never interleave; a part that finds no usable session opens one.
 pub struct SharedSession {
     role: &'static str,
+    application_name: Option<String>,
     slot: tokio::sync::Mutex<Option<(String, Client)>>,
 }
 
@@ -380,10 +402,25 @@ pub type SharedGuard<'a> = tokio::sync::MappedMutexGuard<'a, Client>;
 impl SharedSession {
     /// A shared session to the database of `role` (see [`connect_to`]), not opened yet.
     pub fn new(role: &'static str) -> std::sync::Arc<SharedSession> {
+        Self::named(role, None)
+    }
+
+    /// [`SharedSession::new`], named `application_name` where its connection string names
+    /// none.
+    pub fn named(
+        role: &'static str,
+        application_name: Option<String>,
+    ) -> std::sync::Arc<SharedSession> {
         std::sync::Arc::new(SharedSession {
             role,
+            application_name,
             slot: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The name its sessions get where the connection string names none.
+    pub fn application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
     }
 
     /// The session, opened to `conninfo` first when there is none, it is closed, or it was
@@ -392,10 +429,11 @@ impl SharedSession {
         let mut slot = self.slot.lock().await;
         let entry = match slot.take() {
             Some((to, c)) if to == conninfo && !c.is_closed() => (to, c),
-            _ => (
-                conninfo.to_string(),
-                connect_client_to(self.role, conninfo).await?,
-            ),
+            _ => {
+                let name = self.application_name.as_deref();
+                let session = connect_named(self.role, conninfo, name).await?;
+                (conninfo.to_string(), session.client)
+            }
         };
         Ok(tokio::sync::MutexGuard::map(slot, |s| {
             &mut s.insert(entry).1

@@ -657,11 +657,7 @@ async fn the_daemon_holds_one_master_session_and_reopens_it() {
 async fn a_running_daemon_is_connected_and_a_stopped_one_is_not() {
     let env = Env::new("n_live").await;
     let mut cfg = env.config();
-    // What `pgfan node` names its sessions (the in-process daemon of a test does not).
-    cfg.master = format!(
-        "{} application_name='pgfan node n_live'",
-        env.master.conninfo
-    );
+    // Connected, not beating: the daemon names its master session for its node.
     cfg.heartbeat_period = Duration::from_secs(3600);
     let node = start_node(cfg);
     let connected = "select 'n_live' in (select pgfan.connected_nodes())";

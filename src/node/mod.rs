@@ -128,7 +128,9 @@ impl Daemon {
         let ship_wake = Arc::new(Notify::new());
         // The daemon's one master session: the claim, the shipper and the heartbeat take
         // turns on it.
-        let master = SharedSession::new("master");
+        // Named for the node, which is how the master sees the daemon is alive
+        // (pgfan.connected_nodes).
+        let master = SharedSession::named("master", Some(format!("pgfan node {}", cfg.name)));
         let claim = Claim::start(&cfg, master.clone(), claim_wake.clone());
         let (cfg, cfg_rx) = watch::channel(Arc::new(cfg));
         let (commands, commands_rx) = mpsc::unbounded_channel();

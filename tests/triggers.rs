@@ -254,6 +254,129 @@ async fn rows_are_encoded_like_the_extension() {
     }
 }
 
+const PLAIN_SETUP: &[&str] = &[
+    "create type mood as enum ('sad', 'happy')",
+    "create type pair as (x int, y text)",
+    "create domain posint as int check (value > 0)",
+    // Plain names and no arguments but the queue, SKIP and backup: the triggers' common case,
+    // which reads the row without a catalog query or dynamic statement (every common type).
+    "create table p (k text, id int, txt text, n numeric, f8 float8, f4 float4, b bool, d date,
+        ts timestamp, tstz timestamptz, tm time, tmtz timetz, iv interval, j json, jb jsonb,
+        arr int[], comp pair, m mood, dom posint, ch char(4), vc varchar(10), by bytea, u uuid,
+        ip inet, pt point, rg int4range, i2 int2, i8 int8, o oid, primary key (id, k))",
+    "create trigger j after insert or update or delete on p for each row execute procedure pgq.jsontriga('trg')",
+    "create trigger l after insert or update or delete on p for each row execute procedure pgq.logutriga('trg')",
+    "create trigger s after insert or update or delete on p for each row execute procedure pgq.sqltriga('trg', 'backup')",
+    "create table q (a int, b text)",
+    "create trigger l after insert or delete on q for each row execute procedure pgq.logutriga('trg')",
+    "create trigger s after insert or delete on q for each row execute procedure pgq.sqltriga('trg')",
+    "create table sk (a int primary key, b text)",
+    "create trigger k before insert on sk for each row execute procedure pgq.logutriga('trg', 'backup', 'SKIP')",
+    "create table r (a int primary key)",
+    "create trigger x after insert on r for each row execute procedure pgq.logutriga('trg', 'SKIP')",
+];
+
+fn plain_script() -> Vec<String> {
+    let awkward = r##"E' !"#$%&''()*+,-./:;<=>?@[\\]^_`{|}~ \t\n\r\x01\x02\x03\x04\x7f end'"##;
+    let unicode = r"E'\u00fc\u20ac \U0001F600 \u0080\uffff\U0010ffff'";
+    let all = "k, id, txt, n, f8, f4, b, d, ts, tstz, tm, tmtz, iv, j, jb, arr, comp, m, dom, ch, vc, by, u, ip, pt, rg, i2, i8, o";
+    let mut s: Vec<String> = vec![
+        format!(
+            r#"insert into p ({all}) values ('a b', 1, {awkward}, -12.340, 'NaN', 0.1, true, '2020-02-29',
+               '2020-01-02 03:04:05.123456', '2020-06-01 12:00:00.5+03', '04:05:06.7', '04:05:06+02',
+               '1 day 02:03:04', ' {{"x" : [1, 2]}} ', '{{"x" : [1, 2.50], "s": "q\"s"}}', '{{1,NULL,3}}',
+               '(1,"h ""i""")', 'happy', 7, 'ab', 'vc', '\x00ff', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+               '10.0.0.1', '(1.5,2)', '[1,5)', -32768, 9223372036854775807, 42)"#
+        ),
+        format!(
+            r#"insert into p (k, id, txt, f8, f4, b, d, ts, tstz, j, jb) values ('', 2, {unicode}, '-0', 0,
+               false, '0044-03-15 BC', 'infinity', '-infinity', '"s"', '"s"')"#
+        ),
+        r#"insert into p (k, id, f8, f4, n, txt, jb) values ('k', 3, '-Infinity', 1e30, 'NaN', 'NULL', 'null')"#.into(),
+        "insert into p (k, id, f8, f4, txt) values ('k', 4, 1e-10, '-0', '')".into(),
+        "set datestyle = 'SQL, DMY'".into(),
+        "set timezone = 'Asia/Kolkata'".into(),
+        "set intervalstyle = 'postgres_verbose'".into(),
+        "set extra_float_digits = 0".into(),
+        "set bytea_output = 'escape'".into(),
+        format!("insert into p ({all}) select 'k5', 5, txt, n, 0.10000000000000002, f4, b, d, ts, tstz, tm, tmtz, iv, j, jb, arr, comp, m, dom, ch, vc, by, u, ip, pt, rg, i2, i8, o from p where id = 1"),
+        "set datestyle = 'German'".into(),
+        "delete from p where id in (1, 5)".into(),
+        "reset datestyle".into(),
+        "reset timezone".into(),
+        "reset intervalstyle".into(),
+        "reset extra_float_digits".into(),
+        "reset bytea_output".into(),
+        "update p set txt = 'u' where id = 2".into(),
+        "delete from p".into(),
+        "table p".into(),
+        "insert into q values (1, 'x'), (null, null)".into(),
+        "delete from q".into(),
+        "table q".into(),
+        "insert into r values (1)".into(),
+        "insert into sk values (1, 'a b')".into(),
+        "table sk".into(),
+    ];
+    // several rows in one statement, a statement per row, and both in one transaction
+    s.push("insert into q select g, 'r' || g from generate_series(1, 3) g".into());
+    s.push("begin".into());
+    s.push("insert into q values (4, 'a')".into());
+    s.push("insert into q values (5, 'b')".into());
+    s.push("commit".into());
+    s
+}
+
+/// The common case (plain names, no arguments but the queue, SKIP and backup) queues what
+/// the extension queues for every common type, awkward values and session settings.
+#[tokio::test]
+async fn common_case_rows_are_encoded_like_the_extension() {
+    let ext = same_as_extension(PLAIN_SETUP, &plain_script()).await;
+    assert!(has(&ext, r#"Some("I:id,k")"#));
+    assert!(has(&ext, "error XX000 Update/Delete on table without pkey"));
+    assert!(has(
+        &ext,
+        "error XX000 SKIP does not work in AFTER trigger."
+    ));
+}
+
+/// A session that changed a table (columns renamed, added, dropped, retyped; the primary
+/// key replaced) queues events of the changed table at once: what the triggers know about
+/// a table is not kept from one statement to the next.
+#[tokio::test]
+async fn table_changes_in_a_session_are_seen() {
+    let setup = &[
+        "create table t (id int primary key, a text, b int)",
+        "create trigger l after insert or update or delete on t for each row execute procedure pgq.logutriga('trg')",
+        "create trigger s after insert or update or delete on t for each row execute procedure pgq.sqltriga('trg')",
+        "create trigger j after insert or update or delete on t for each row execute procedure pgq.jsontriga('trg')",
+    ];
+    let script = owned(&[
+        "insert into t values (1, 'x', 1)",
+        "alter table t rename column a to a2",
+        "insert into t values (2, 'x', 2)",
+        "alter table t add column c bool default true",
+        "insert into t values (3, 'x', 3)",
+        "alter table t drop column b",
+        "insert into t values (4, 'x')",
+        "alter table t alter column c type text",
+        "insert into t values (5, 'x')",
+        "alter table t drop constraint t_pkey",
+        "alter table t add primary key (a2, id)",
+        "insert into t values (6, 'y')",
+        "delete from t where id = 6",
+        "alter table t drop constraint t_pkey",
+        "insert into t values (7, 'z')",
+        "delete from t where id = 7",
+        "begin",
+        "insert into t values (8, 'q')",
+        "alter table t rename column a2 to a3",
+        "insert into t values (9, 'q')",
+        "commit",
+    ]);
+    let ext = same_as_extension(setup, &script).await;
+    assert!(has(&ext, r#"Some("I:a2,id")"#));
+}
+
 const CHANGES_SETUP: &[&str] = &[
     "create domain dnum as numeric",
     "create domain darr as numeric[]",

@@ -9,7 +9,8 @@
 -- keeps each copy with its plans for the session: this body as a trigger function cost
 -- about 1.4 MB per trigger and session. Compiled once, it serves every table. The rows
 -- come in their text form (`row::text`, split by pgq._pgfan_trigger_fields); jsontriga
--- also passes the rows as JSON (p_json_new, p_json_old) for the JSON form of dates. What needs the
+-- also as jsonb (p_jnew, p_jold: the common case reads values there, jsontriga the JSON
+-- form of dates). What needs the
 -- typed rows (when= and ev_*= expressions, equality of types without an exact text form)
 -- is a statement the trigger runs for it: the function returns that statement, the
 -- trigger runs it with the new row (the old one for DELETE) as $1 and the old row as $2
@@ -32,7 +33,7 @@
 -- statement more.
 create or replace function pgq._pgfan_trigger_row(
     p_kind text, p_op text, p_when text, p_level text, p_relid oid, p_schema name, p_table name,
-    p_nargs integer, p_argv text[], p_new text, p_old text, p_json_new json, p_json_old json,
+    p_nargs integer, p_argv text[], p_new text, p_old text, p_jnew jsonb, p_jold jsonb,
     p_typed text[])
 returns text as $$
 declare
@@ -65,6 +66,15 @@ declare
     v_old text[];
     v_vals text[];
     v_ti integer := 0;              -- the results of p_typed taken so far
+    -- the common case
+    v_meta text[];
+    v_stamp text;
+    v_kinds text;
+    v_j jsonb;
+    v_txt text;
+    v_split text[];
+    v_val text;
+    v_args text[];
     v_sql text;
     v_list text;
     v_off integer;
@@ -101,6 +111,97 @@ begin
         raise exception 'pgq trigger must have destination queue as argument' using errcode = 'internal_error';
     end if;
     v_queue := p_argv[0];
+
+    -- The common case, INSERT and DELETE by logutriga and sqltriga with no arguments but
+    -- SKIP and backup, on a table pgq._pgfan_trigger_meta found plain: no catalog query, no
+    -- dynamic statement; the values come from the row as jsonb (p_jnew, p_jold) where that
+    -- gives the type's output text, else from the row's text form. It must queue what the
+    -- general code below queues, in the same order of checks.
+    if p_op in ('INSERT', 'DELETE') and p_kind <> 'json'
+       and (p_nargs = 1 or p_argv[1 : p_nargs - 1] <@ array['SKIP', 'backup']) then
+        v_stamp := statement_timestamp()::text || '/' || coalesce(txid_current_if_assigned()::text, '');
+        v_meta := nullif(current_setting('pgq_trg.r' || p_relid, true), '')::text[];
+        if v_meta[1] is distinct from v_stamp then
+            v_meta := pgq._pgfan_trigger_meta(p_relid, v_stamp);
+        end if;
+    end if;
+    if v_meta[2] = 't' then
+        if p_op = 'DELETE' and v_meta[3] = '' then
+            raise exception 'Update/Delete on table without pkey' using errcode = 'internal_error';
+        end if;
+        v_skip := 'SKIP' = any(p_argv[1 : p_nargs - 1]);
+        if v_skip and p_when = 'AFTER' then
+            raise exception 'SKIP does not work in AFTER trigger.' using errcode = 'internal_error';
+        end if;
+        v_names := v_meta[5];
+        v_kinds := v_meta[4];
+        if p_op = 'INSERT' then
+            v_j := p_jnew;
+            v_txt := p_new;
+        else
+            v_j := p_jold;
+            v_txt := p_old;
+        end if;
+        v_vals := '{}';
+        for c in 1 .. length(v_kinds) loop
+            v_val := v_j ->> v_names[c];
+            v_key := substr(v_kinds, c, 1);
+            if v_key = 'r' then
+                -- the text form (also for json nulls, which ->> reads as NULL)
+                v_split := coalesce(v_split, pgq._pgfan_trigger_fields(v_txt, length(v_kinds)));
+                v_val := v_split[c];
+            elsif v_val is null or v_key = 'j' then
+                null;
+            elsif v_key = 'b' then
+                v_val := case v_val when 'true' then 't' else 'f' end;
+            elsif v_key = 'z' then
+                v_val := v_val::timestamptz::text;
+            elsif v_key = 't' then
+                v_val := v_val::timestamp::text;
+            elsif v_key = 'd' then
+                v_val := v_val::date::text;
+            elsif v_key in ('f', 'g') and v_val <> '0' then
+                v_val := case v_key when 'f' then v_val::float4::text else v_val::float8::text end;
+            else
+                -- a float zero: jsonb drops the sign of -0
+                v_split := coalesce(v_split, pgq._pgfan_trigger_fields(v_txt, length(v_kinds)));
+                v_val := v_split[c];
+            end if;
+            v_vals[c] := v_val;
+        end loop;
+        if p_kind = 'logu' then
+            for c in 1 .. length(v_kinds) loop
+                v_val := v_vals[c];
+                v_args[c] := case when v_val is null then ''
+                                  when v_val ~ '^[-._0-9A-Za-z]*$' then '=' || v_val
+                                  -- names, times: spaces, colons, signs
+                                  when v_val ~ '^[-._0-9A-Za-z :+]*$' then
+                                      '=' || replace(replace(replace(v_val, '+', '%2b'), ':', '%3a'), ' ', '+')
+                                  else '=' || pgq._pgfan_urlencode(v_val) end;
+            end loop;
+            v_ev[1] := left(p_op, 1) || ':' || v_meta[3];
+            v_ev[2] := format(v_meta[6], variadic v_args);
+        elsif p_op = 'INSERT' then
+            v_ev[1] := 'I';
+            v_res := v_meta[7];
+            for c in 1 .. length(v_kinds) loop
+                v_res := v_res || case when c > 1 then ',' else '' end || coalesce(quote_literal(v_vals[c]), 'null');
+            end loop;
+            v_ev[2] := v_res || ')';
+        else
+            v_ev[1] := 'D';
+            v_where := null;
+            foreach k in array v_meta[8]::integer[] loop
+                if v_vals[k] is null then
+                    raise exception 'logtriga: Unexpected NULL key value' using errcode = 'internal_error';
+                end if;
+                v_where := coalesce(v_where || ' and ', '') || quote_ident(v_names[k]) || '=' || quote_literal(v_vals[k]);
+            end loop;
+            v_ev[2] := v_where;
+        end if;
+        perform pgq.insert_event(v_queue, v_ev[1], v_ev[2], v_table, null, null, null);
+        return case when v_skip then 'S' else 'R' end;
+    end if;
 
     -- The table's columns and primary key, read for every row: a cache in the session would
     -- need an invalidation that SQL cannot see (a renamed column or a new key). With the
@@ -256,10 +357,10 @@ begin
         for c in 1 .. coalesce(array_length(v_names, 1), 0) loop
             continue when v_types[c] not in (1082, 1114, 1184) or v_magic_col[c];
             if v_new[c] is not null then
-                v_new[c] := (p_json_new -> v_names[c])::text;
+                v_new[c] := (p_jnew -> v_names[c])::text;
             end if;
             if v_old[c] is not null then
-                v_old[c] := (p_json_old -> v_names[c])::text;
+                v_old[c] := (p_jold -> v_names[c])::text;
             end if;
         end loop;
         v_vals := case when p_op = 'DELETE' then v_old else v_new end;
@@ -538,7 +639,7 @@ $$ language plpgsql;
 do $grant$
 begin
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'pgq_writer') then
-        grant execute on function pgq._pgfan_trigger_row(text, text, text, text, oid, name, name, integer, text[], text, text, json, json, text[])
+        grant execute on function pgq._pgfan_trigger_row(text, text, text, text, oid, name, name, integer, text[], text, text, jsonb, jsonb, text[])
             to pgq_writer;
     end if;
 end

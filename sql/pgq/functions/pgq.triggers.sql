@@ -28,7 +28,7 @@ declare
 begin
     loop
         v_do := pgq._pgfan_trigger_row('logu', TG_OP, TG_WHEN, TG_LEVEL, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-                                       TG_NARGS, TG_ARGV, new::text, old::text, null, null, v_typed);
+                                       TG_NARGS, TG_ARGV, new::text, old::text, to_jsonb(new), to_jsonb(old), v_typed);
         exit when v_do in ('S', 'R');
         execute v_do into v_res using case when TG_OP = 'DELETE' then old else new end, old;
         v_typed := v_typed || v_res;
@@ -50,7 +50,7 @@ declare
 begin
     loop
         v_do := pgq._pgfan_trigger_row('sql', TG_OP, TG_WHEN, TG_LEVEL, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-                                       TG_NARGS, TG_ARGV, new::text, old::text, null, null, v_typed);
+                                       TG_NARGS, TG_ARGV, new::text, old::text, to_jsonb(new), to_jsonb(old), v_typed);
         exit when v_do in ('S', 'R');
         execute v_do into v_res using case when TG_OP = 'DELETE' then old else new end, old;
         v_typed := v_typed || v_res;
@@ -72,7 +72,7 @@ declare
 begin
     loop
         v_do := pgq._pgfan_trigger_row('json', TG_OP, TG_WHEN, TG_LEVEL, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-                                       TG_NARGS, TG_ARGV, new::text, old::text, to_json(new), to_json(old), v_typed);
+                                       TG_NARGS, TG_ARGV, new::text, old::text, to_jsonb(new), to_jsonb(old), v_typed);
         exit when v_do in ('S', 'R');
         execute v_do into v_res using case when TG_OP = 'DELETE' then old else new end, old;
         v_typed := v_typed || v_res;

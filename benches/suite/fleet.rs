@@ -1,0 +1,841 @@
+//! Case 10 (`fleet`): what an idle fleet of 1,000 node daemons costs the master in direct
+//! mode (issue 14): master backends, CPU, transactions/s and statements/s.
+//!
+//! A master cluster (benchmark settings, but `max_connections` 1200 and pg_stat_statements
+//! preloaded, top-level statements) with 1,000 nodes registered by `pgfan.node_add`, one
+//! statement each (timed). n1..n20 are real: a database each, 10 on each of two node
+//! clusters, and a node daemon each, a process of the release binary `cargo bench` builds
+//! with the suite (`CARGO_BIN_EXE_pgfan`), from a TOML file with pgfan's defaults, like the
+//! ticker, relay and reducer. No connection string sets an `application_name`: each daemon
+//! names its sessions itself (`pgfan node n7`, `pgfan ticker`, ...).
+//!
+//! The other 980 are simulated in this process, making the master calls of an idle node
+//! daemon through the same doors, with pgfan's own code where it can be shared: per node
+//! ONE master session (a `db::SharedSession` as the bench's superuser, which the node doors
+//! accept, named `pgfan node <name>`) shared by
+//! - the claim: pgfan's consumer framework itself (`consumer::run` through the node doors,
+//!   60 s poll period as `claim_poll_period`): it LISTENs on `pgfan_tick`, registers with
+//!   `pgfan.node_register`, looks for a batch (`pgfan.node_next_batch`, one transaction)
+//!   when its queue ticks or the period passes, and reads and finishes the empty batch of
+//!   each idle tick as the daemon does, its handler doing the master half of the daemon's
+//!   claim of an empty batch (`pgfan.tasks_claimed(name, '{}')`);
+//! - the heartbeat: `pgfan.node_heartbeat(name, 4, version)` at start, then every 60 s
+//!   (`heartbeat_period`), each node's second beat at its own point of the first minute
+//!   (golden-ratio spread), so that the beats do not come in step.
+//!
+//! An idle daemon asks about cancellations and ships results only while it has tasks: the
+//! simulator does neither. `--quick`: 200 nodes (180 simulated).
+//!
+//! After a warm-up job to the 20 real nodes (`pgfan.submit` to their comma list:
+//! `run_on_all` would wait for simulated nodes that never answer), the master is vacuumed
+//! and analyzed and every queue's ticks are backdated to a steady idle state (the last tick
+//! 0-60 s ago at a random point, earlier ones 60 s apart), so that new queues do not tick in
+//! their first minutes' back-off (1, 2, 4, ... s apart) and the idle ticks (one a minute per
+//! queue) do not come in step. Then a settling minute (every claim gets its first idle tick
+//! and the fleet its steady cycle) and one idle window of 60 s (quick: 5 s and 10 s):
+//! - transactions/s: the master database's `xact_commit + xact_rollback` difference
+//!   (pg_stat_database) minus the measuring session's own transactions (backends flush
+//!   their counts up to ~1 s late, idle ones ~10 s: an edge error);
+//! - statements/s: top-level calls in pg_stat_statements (reset at the start), the
+//!   measuring session's left out;
+//! - CPU: utime+stime of the postmaster and all its children (/proc) in % of one core, and
+//!   the part of it in the node sessions' backends;
+//! - backends: client backends in pg_stat_activity sampled every 5 s (quick: 2 s), the
+//!   most; the most sessions named for one node daemon, over the 20 real ones and over the
+//!   simulated ones; the node sessions' backends' memory (Pss) at the end.
+//!
+//! One window: `--runs` does not apply. The simulator shares the machine (its CPU is in
+//! the notes).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use pgfan::cluster::Cluster;
+use pgfan::consumer::{self, BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
+use pgfan::db::SharedSession;
+use pgfan::install::{self, Role};
+use pgfan::pgq::Event;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_postgres::{AsyncMessage, Client, Transaction};
+
+use crate::parallel::pipeline;
+use crate::report::{Better, Row};
+use crate::rig::{self, cpu_ticks, Ctx, KillOnDrop};
+
+const CASE: &str = "fleet";
+/// Registered nodes (quick: 200).
+const NODES: usize = 1000;
+/// Nodes with a database and a daemon process.
+const REAL: usize = 20;
+/// Node clusters the real nodes' databases are spread over.
+const NODE_CLUSTERS: usize = 2;
+/// The master's settings on top of the benchmark ones: room for 1,000 node sessions, and
+/// the statement counts.
+const MASTER_SETTINGS: &[(&str, &str)] = &[
+    ("max_connections", "1200"),
+    ("shared_preload_libraries", "'pg_stat_statements'"),
+    ("pg_stat_statements.track", "'top'"),
+];
+/// The node daemon's default `heartbeat_period` and `claim_poll_period`.
+const PERIOD: Duration = Duration::from_secs(60);
+/// Simulated nodes start this far apart (980 connections in ~20 s, not at once).
+const SIM_START_GAP: Duration = Duration::from_millis(20);
+/// A simulated node's first beat comes this long after its claim started: the heartbeat
+/// finds the claim's session instead of opening one of its own (as a daemon's may do at
+/// start, briefly), which 980 nodes starting on a busy machine would do at once.
+const FIRST_BEAT: Duration = Duration::from_secs(5);
+const CPU_GOAL_PCT: f64 = 5.0;
+/// Master transactions/s per idle node daemon (50/s for 1,000).
+const TPS_PER_NODE_GOAL: f64 = 0.05;
+const LIMIT: Duration = Duration::from_secs(60);
+/// Simulated heartbeats that failed (and were tried again).
+static BEAT_ERRORS: AtomicUsize = AtomicUsize::new(0);
+
+/// A daemon process; killed if dropped without [`Daemon::stop`].
+struct Daemon {
+    name: String,
+    child: KillOnDrop,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `pgfan <role> -c <dir>/<name>.toml` with `config`, logging to `<name>.log`.
+    fn spawn(exe: &Path, dir: &Path, name: &str, role: &str, config: &str) -> Result<Daemon> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .args([role, "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {} {role}", exe.display()))?;
+        Ok(Daemon {
+            name: name.to_string(),
+            child: KillOnDrop(child),
+            log,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    /// Fails with the end of its log if the process has exited.
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.0.try_wait()? {
+            bail!(
+                "{} exited ({status}), see {}",
+                self.name,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (pgfan's drain), then waits up to 30 s for the exit.
+    async fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid; it is not reaped before this returns.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The master half of an idle node daemon's claim: its batches are the empty ones of its
+/// queue's idle ticks, which the daemon acknowledges with `pgfan.tasks_claimed` before
+/// the framework finishes them.
+struct IdleClaim {
+    node: String,
+}
+
+impl BatchHandler for IdleClaim {
+    async fn events<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+        _events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        Ok(Vec::new())
+    }
+
+    async fn batch_end<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+    ) -> Result<(), HandlerError> {
+        let none: Vec<i64> = Vec::new();
+        tx.query_one("select pgfan.tasks_claimed($1, $2)", &[&self.node, &none])
+            .await?;
+        Ok(())
+    }
+}
+
+/// The simulated node daemons: a claim and a heartbeat task each, until stopped.
+struct Simulator {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<Result<()>>,
+}
+
+/// A point of the period for node `k`: the fractional parts of k × the golden ratio spread
+/// evenly over [0, 1) in any prefix, so the nodes' beats are spread whatever their number.
+fn phase(k: usize) -> Duration {
+    let x = (k as f64 * 0.618_033_988_749_894_9).fract();
+    PERIOD.mul_f64(x)
+}
+
+impl Simulator {
+    fn start(master: &str, names: &[String]) -> Simulator {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for (i, name) in names.iter().enumerate() {
+            let conninfo = format!("{master} application_name='pgfan node {name}'");
+            let session = SharedSession::new("master");
+            let start = SIM_START_GAP * i as u32;
+            let queue = format!("pgfan_node_{name}");
+            let mut opts = ConsumerOptions::new(conninfo.clone(), queue.clone(), queue);
+            opts.poll_period = PERIOD;
+            opts.shared = Some(session.clone());
+            opts.node = Some(name.clone());
+            let mut handler = IdleClaim { node: name.clone() };
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep(start).await;
+                consumer::run(&opts, &mut handler, stop).await?;
+                Ok(())
+            });
+            let when = (start + FIRST_BEAT, phase(i + 1));
+            let who = (conninfo, name.clone());
+            tasks.spawn(beat(session, who, when, stop_rx.clone()));
+        }
+        Simulator { stop, tasks }
+    }
+
+    /// Fails if a simulated node's task has ended.
+    fn check(&mut self) -> Result<()> {
+        match self.tasks.try_join_next() {
+            Some(Ok(Err(e))) => Err(e.context("a simulated node failed")),
+            Some(_) => bail!("a simulated node's task ended"),
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let all = async {
+            while let Some(r) = self.tasks.join_next().await {
+                r??;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .context("simulated nodes did not stop within 30 s")?
+    }
+}
+
+/// A simulated node's heartbeat on its shared master session: after `first`, again
+/// `second` later, then every [`PERIOD`], until stopped.
+async fn beat(
+    session: std::sync::Arc<SharedSession>,
+    (conninfo, node): (String, String),
+    (first, second): (Duration, Duration),
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let (mut next, mut gap) = (tokio::time::Instant::now() + first, second);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        let sql = "select pgfan.node_heartbeat($1, $2, $3)";
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&node, &4i32, &pgfan::VERSION];
+        let done = async { session.lock(&conninfo).await?.execute(sql, &args).await };
+        match done.await {
+            Ok(_) => (next, gap) = (next + gap, PERIOD),
+            // As a daemon does, it tries again (here a second later); counted in the notes.
+            Err(e) => {
+                if BEAT_ERRORS.fetch_add(1, Ordering::Relaxed) == 0 {
+                    println!(
+                        "  first failed simulated heartbeat ({node}): {}",
+                        pgfan::db::describe(&e)
+                    );
+                }
+                next = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+}
+
+/// The parent pid of a process, from /proc/<pid>/stat (field 4, after the command name).
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU ticks of `postmaster` and of every process it started (the whole cluster).
+fn cluster_ticks(postmaster: i32) -> HashMap<i32, u64> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == postmaster || parent_pid(pid) == Some(postmaster) {
+            if let Ok(t) = cpu_ticks(pid) {
+                out.insert(pid, t);
+            }
+        }
+    }
+    out
+}
+
+/// Ticks used between two readings: processes gone by the end are lost (an idle fleet's
+/// backends stay), processes born in between count whole.
+fn ticks_between(
+    before: &HashMap<i32, u64>,
+    after: &HashMap<i32, u64>,
+    only: Option<&[i32]>,
+) -> u64 {
+    after
+        .iter()
+        .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
+        .map(|(p, t)| t.saturating_sub(before.get(p).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Proportional set size of a process in kB (/proc/<pid>/smaps_rollup).
+fn pss_kb(pid: i32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The measuring session on the master; counts its own transactions (each statement is
+/// one), which are taken off the master's count.
+struct Probe {
+    session: pgfan::db::Session,
+    own: i64,
+}
+
+/// Client backends on the master at one moment.
+#[derive(Default)]
+struct Backends {
+    total: i64,
+    /// Sessions named `pgfan node <name>`, per name.
+    nodes: HashMap<String, i64>,
+    /// Other sessions per application_name.
+    others: HashMap<String, i64>,
+}
+
+impl Probe {
+    async fn query(&mut self, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+        self.own += 1;
+        Ok(self.session.client.query(sql, &[]).await?)
+    }
+
+    async fn xacts(&mut self) -> Result<i64> {
+        let rows = self
+            .query(
+                "select (xact_commit + xact_rollback)::int8 from pg_stat_database
+                  where datname = current_database()",
+            )
+            .await?;
+        Ok(rows.first().context("no pg_stat_database row")?.get(0))
+    }
+
+    async fn backends(&mut self) -> Result<Backends> {
+        let rows = self
+            .query(
+                "select application_name, count(*) from pg_stat_activity
+                  where backend_type = 'client backend' and pid <> pg_backend_pid()
+                  group by 1",
+            )
+            .await?;
+        let mut b = Backends::default();
+        for r in rows {
+            let (app, n): (String, i64) = (r.get(0), r.get(1));
+            b.total += n;
+            match app.strip_prefix("pgfan node ") {
+                Some(node) => b.nodes.insert(node.to_string(), n),
+                None => b.others.insert(app, n),
+            };
+        }
+        Ok(b)
+    }
+
+    /// Notifications received on the channels it listens on since the last call.
+    fn notifications(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(m) = self.session.messages.try_recv() {
+            n += usize::from(matches!(m, AsyncMessage::Notification(_)));
+        }
+        n
+    }
+}
+
+/// What the idle window measured.
+struct Window {
+    secs: f64,
+    nodes: usize,
+    tps: f64,
+    statements: f64,
+    /// `pgfan_tick` notifications a listener received per second.
+    tick_notifications: f64,
+    /// The most frequent statements: calls/s and the start of their text.
+    top: Vec<(f64, String)>,
+    cpu_pct: f64,
+    node_sessions_cpu_pct: f64,
+    /// Most client backends at a sample; its breakdown.
+    backends_max: i64,
+    backends_last: Backends,
+    /// Most sessions of one node daemon, over the real nodes and over the simulated ones.
+    per_real_max: i64,
+    per_sim_max: i64,
+    /// Sum and mean of the node sessions' backends' Pss, MB.
+    node_pss_total_mb: f64,
+    /// CPU of each daemon process, and of the bench process, % of a core.
+    daemon_cpu: Vec<(String, f64)>,
+    bench_cpu_pct: f64,
+}
+
+/// The most sessions any of `names` holds.
+fn most_sessions(b: &Backends, names: impl Iterator<Item = String>) -> i64 {
+    names
+        .map(|n| b.nodes.get(&n).copied().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+async fn window(
+    ctx: &Ctx,
+    probe: &mut Probe,
+    daemons: &mut [Daemon],
+    sim: &mut Simulator,
+    nodes: usize,
+) -> Result<Window> {
+    let len = Duration::from_secs(ctx.size(60, 10) as u64);
+    let every = Duration::from_secs(ctx.size(5, 2) as u64);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    };
+    let postmaster: i32 = probe.query("select pg_backend_pid()").await?[0].get(0);
+    let postmaster = parent_pid(postmaster).context("the postmaster's pid")?;
+    let node_pids = probe
+        .query("select pid from pg_stat_activity where application_name like 'pgfan node %'")
+        .await?;
+    let node_pids: Vec<i32> = node_pids.iter().map(|r| r.get(0)).collect();
+    probe.query("select pg_stat_statements_reset()").await?;
+    probe
+        .query(&format!("listen {}", pgfan::ticker::TICK_CHANNEL))
+        .await?;
+    probe.notifications();
+    probe.own = 0;
+    let x0 = probe.xacts().await?;
+    let cpu0 = cluster_ticks(postmaster);
+    let daemons0: Vec<u64> = daemons
+        .iter()
+        .map(|d| cpu_ticks(d.pid()))
+        .collect::<Result<_>>()?;
+    let bench0 = rig::own_cpu_secs();
+    let t0 = Instant::now();
+    let (mut per_real_max, mut per_sim_max, mut backends_max) = (0, 0, 0);
+    let mut last = Backends::default();
+    while t0.elapsed() < len {
+        tokio::time::sleep(every.min(len.saturating_sub(t0.elapsed()))).await;
+        last = probe.backends().await?;
+        backends_max = backends_max.max(last.total);
+        per_real_max = per_real_max.max(most_sessions(&last, (1..=REAL).map(|k| format!("n{k}"))));
+        per_sim_max = per_sim_max.max(most_sessions(
+            &last,
+            (REAL + 1..=nodes).map(|k| format!("n{k}")),
+        ));
+    }
+    let cpu1 = cluster_ticks(postmaster);
+    let daemons1: Vec<u64> = daemons
+        .iter()
+        .map(|d| cpu_ticks(d.pid()))
+        .collect::<Result<_>>()?;
+    let bench1 = rig::own_cpu_secs();
+    let x1 = probe.xacts().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let ticks = probe.notifications();
+    // The reads of pg_stat_database: the first one's commit is in the difference, the
+    // last one's is not.
+    let own = probe.own - 1;
+    let rows = probe
+        .query(
+            "select calls::float8, regexp_replace(left(query, 70), '\\s+', ' ', 'g')
+               from pg_stat_statements
+              where toplevel and dbid = (select oid from pg_database where datname = current_database())
+                and query !~ 'pg_stat_(statements|activity|database)|pg_backend_pid'
+              order by calls desc",
+        )
+        .await?;
+    let calls: f64 = rows.iter().map(|r| r.get::<_, f64>(0)).sum();
+    let top = rows
+        .iter()
+        .take(10)
+        .map(|r| (r.get::<_, f64>(0) / secs, r.get::<_, String>(1)))
+        .collect();
+    for d in daemons.iter_mut() {
+        d.alive()?;
+    }
+    sim.check()?;
+    let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
+    let daemon_cpu = daemons.iter().zip(daemons1.iter().zip(&daemons0));
+    let daemon_cpu = daemon_cpu
+        .map(|(d, (b, a))| (d.name.clone(), pct(b - a)))
+        .collect();
+    let node_pss: f64 = node_pids.iter().filter_map(|&p| pss_kb(p)).sum();
+    Ok(Window {
+        secs,
+        nodes,
+        tps: (x1 - x0 - own) as f64 / secs,
+        statements: calls / secs,
+        tick_notifications: ticks as f64 / secs,
+        top,
+        cpu_pct: pct(ticks_between(&cpu0, &cpu1, None)),
+        node_sessions_cpu_pct: pct(ticks_between(&cpu0, &cpu1, Some(&node_pids))),
+        backends_max,
+        backends_last: last,
+        per_real_max,
+        per_sim_max,
+        node_pss_total_mb: node_pss / 1024.0,
+        daemon_cpu,
+        bench_cpu_pct: (bench1 - bench0) / secs * 100.0,
+    })
+}
+
+/// Registers n1..n`nodes`, one `node_add` each; returns each call's time in ms.
+async fn register(m: &Client, nodes: usize) -> Result<Vec<f64>> {
+    let mut ms = Vec::with_capacity(nodes);
+    for k in 1..=nodes {
+        let t = Instant::now();
+        m.query_one("select pgfan.node_add($1)", &[&format!("n{k}")])
+            .await
+            .with_context(|| format!("node_add n{k}"))?;
+        ms.push(rig::ms(t.elapsed()));
+    }
+    Ok(ms)
+}
+
+/// The real nodes' databases, `REAL / NODE_CLUSTERS` per cluster; their conninfos.
+async fn node_databases(clusters: &[Cluster]) -> Result<Vec<String>> {
+    let mut conninfos = Vec::new();
+    for k in 1..=REAL {
+        let cluster = &clusters[(k - 1) * clusters.len() / REAL];
+        let db = format!("n{k}");
+        rig::create_db(cluster, &db).await?;
+        pipeline::install_node(cluster, &db).await?;
+        conninfos.push(cluster.conninfo(&db));
+    }
+    Ok(conninfos)
+}
+
+/// The daemons' configuration files: pgfan's defaults; no application_name set, so each
+/// daemon names its sessions itself.
+fn configs(master: &Cluster, node_dbs: &[String]) -> Vec<(String, &'static str, String)> {
+    let m = master.conninfo("postgres");
+    let mut v = vec![
+        (
+            "ticker".to_string(),
+            "ticker",
+            format!(
+                "[ticker]\nbase_connstr = \"host=127.0.0.1 port={} user=postgres\"\ndatabase_list = [\"postgres\"]\n",
+                master.port()
+            ),
+        ),
+        ("relay".into(), "relay", format!("[relay]\nmaster = \"{m}\"\n")),
+        ("reducer".into(), "reducer", format!("[reducer]\nmaster = \"{m}\"\n")),
+    ];
+    for (i, db) in node_dbs.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        v.push((
+            format!("node_{name}"),
+            "node",
+            format!("[node]\nname = \"{name}\"\nmaster = \"{m}\"\ndb = \"{db}\"\n"),
+        ));
+    }
+    v
+}
+
+/// Moves every queue's ticks back so that it is in PgQ's steady idle state at its own
+/// point of the minute: the last tick 0-60 s ago, the ones before it 60 s apart.
+async fn backdate_ticks(m: &Client) -> Result<()> {
+    m.execute(
+        "with q as materialized (select queue_id, random() * interval '60 s' as back from pgq.queue),
+              r as (select t.tick_queue, t.tick_id, q.back,
+                           row_number() over (partition by t.tick_queue order by t.tick_id desc) as k
+                      from pgq.tick t join q on q.queue_id = t.tick_queue)
+         update pgq.tick t set tick_time = now() - r.back - (r.k - 1) * interval '60 s'
+           from r where t.tick_queue = r.tick_queue and t.tick_id = r.tick_id",
+        &[],
+    )
+    .await
+    .context("backdate ticks")?;
+    Ok(())
+}
+
+/// Waits until every node has sent its first heartbeat, failing early if a simulated
+/// node's task ended.
+async fn wait_started(m: &Client, sim: &mut Simulator) -> Result<()> {
+    let deadline = Instant::now() + 2 * LIMIT;
+    loop {
+        sim.check()?;
+        let sql = "select count(*) from pgfan.node where heartbeat is null";
+        let silent: i64 = m.query_one(sql, &[]).await?.get(0);
+        if silent == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{silent} node daemon(s) sent no heartbeat within {:?}",
+                2 * LIMIT
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    // The release binary cargo builds with the suite (benches get every binary built).
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pgfan"));
+    if !exe.is_file() {
+        bail!(
+            "{} is missing; run the case through cargo bench",
+            exe.display()
+        );
+    }
+    let (master, a, b) = tokio::try_join!(
+        pipeline::cluster_with(MASTER_SETTINGS),
+        rig::cluster(),
+        rig::cluster()
+    )?;
+    let clusters = [a, b];
+    debug_assert_eq!(clusters.len(), NODE_CLUSTERS);
+    let outcome = measure(ctx, &exe, &master, &clusters).await;
+    drop((master, clusters));
+    outcome
+}
+
+async fn measure(
+    ctx: &Ctx,
+    exe: &Path,
+    master: &Cluster,
+    clusters: &[Cluster],
+) -> Result<Vec<Row>> {
+    let nodes = ctx.size(NODES, 200);
+    let mut m = rig::connect(&master.conninfo("postgres")).await?;
+    install::install(&mut m, Role::Master).await?;
+    m.batch_execute("create extension pg_stat_statements")
+        .await?;
+    let node_dbs = node_databases(clusters).await?;
+    let add_ms = register(&m, nodes).await?;
+    println!(
+        "  registered {nodes} nodes in {:.1} s",
+        add_ms.iter().sum::<f64>() / 1000.0
+    );
+    let dir = master.dir().join("fleet");
+    std::fs::create_dir_all(&dir)?;
+    let mut daemons = Vec::new();
+    for (name, role, cfg) in configs(master, &node_dbs) {
+        daemons.push(Daemon::spawn(exe, &dir, &name, role, &cfg)?);
+    }
+    let sim_names: Vec<String> = (REAL + 1..=nodes).map(|k| format!("n{k}")).collect();
+    let mut sim = Simulator::start(&master.conninfo("postgres"), &sim_names);
+    let outcome = async {
+        wait_started(&m, &mut sim).await?;
+        let sessions = format!(
+            "select count(distinct application_name) >= {nodes} from pg_stat_activity
+              where application_name like 'pgfan node %'"
+        );
+        rig::until(&m, &sessions, Duration::from_millis(200), LIMIT)
+            .await
+            .context("node sessions on the master")?;
+        let targets: Vec<String> = (1..=REAL).map(|k| format!("n{k}")).collect();
+        let job: i64 = m
+            .query_one("select pgfan.submit($1, 'select 1')", &[&targets.join(",")])
+            .await?
+            .get(0);
+        let state: String = m
+            .query_one("select pgfan.wait($1, '60 s')", &[&job])
+            .await?
+            .get(0);
+        if state != "done" {
+            bail!("warm-up job {job} is {state}");
+        }
+        for db in ["postgres", "template1"] {
+            rig::connect(&master.conninfo(db))
+                .await?
+                .batch_execute("vacuum analyze")
+                .await?;
+        }
+        backdate_ticks(&m).await?;
+        tokio::time::sleep(Duration::from_secs(ctx.size(60, 5) as u64)).await;
+        let mut probe = Probe {
+            session: pgfan::db::connect(&master.conninfo("postgres")).await?,
+            own: 0,
+        };
+        let w = window(ctx, &mut probe, &mut daemons, &mut sim, nodes).await?;
+        Ok::<_, anyhow::Error>(w)
+    }
+    .await;
+    let stopped = sim.stop().await;
+    for d in daemons {
+        d.stop().await?;
+    }
+    let log = std::env::temp_dir().join("pgfan-bench-fleet-master.log");
+    if outcome.is_err() {
+        std::fs::write(&log, master.log())?;
+    }
+    let w = outcome.with_context(|| format!("the master's log: {}", log.display()))?;
+    stopped?;
+    notes(ctx, &w, &add_ms);
+    Ok(rows(&w, &add_ms))
+}
+
+fn notes(ctx: &Ctx, w: &Window, add_ms: &[f64]) {
+    let (n, k) = (add_ms.len(), add_ms.len().min(100));
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let (first, last) = (mean(&add_ms[..k]), mean(&add_ms[n - k..]));
+    ctx.note(
+        CASE,
+        format!(
+            "{n} nodes: n1..n{REAL} real (databases on {NODE_CLUSTERS} node clusters, daemons \
+             as processes of the release binary, defaults), n{}..n{n} simulated in the bench \
+             process (one master session each, pgfan's consumer framework through the node \
+             doors with a 60 s poll, a heartbeat every 60 s); master max_connections 1200, \
+             pg_stat_statements loaded; one idle window of {:.1} s after a settling minute \
+             (quick: 5 s); node_add {first:.1} ms each for the first {k}, {last:.1} ms for the \
+             last {k}",
+            REAL + 1,
+            w.secs,
+        ),
+    );
+    let b = &w.backends_last;
+    let mut others: Vec<String> = b.others.iter().map(|(a, c)| format!("{a:?} {c}")).collect();
+    others.sort();
+    let (nodes, node_sessions) = (b.nodes.len(), b.nodes.values().sum::<i64>());
+    let cpu = |prefix: &str| {
+        let v: Vec<f64> = w
+            .daemon_cpu
+            .iter()
+            .filter(|(d, _)| d.starts_with(prefix))
+            .map(|x| x.1)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    ctx.note(
+        CASE,
+        format!(
+            "master client backends at the end: {} ({node_sessions} node sessions of {nodes} \
+             nodes; others: {}); most sessions of one node daemon: real {}, simulated {}; node \
+             sessions' backends {:.0} MB Pss in all, {:.2} MB each; master CPU {:.2} % of a \
+             core, of which the node sessions' backends {:.2} %; process CPU: node daemon \
+             {:.3} % (mean of {REAL}), ticker {:.3} %, relay {:.3} %, reducer {:.3} %, the bench \
+             process (simulator, measuring) {:.2} %; simulated heartbeats that failed and \
+             were retried: {}",
+            b.total,
+            others.join(", "),
+            w.per_real_max,
+            w.per_sim_max,
+            w.node_pss_total_mb,
+            w.node_pss_total_mb / node_sessions.max(1) as f64,
+            w.cpu_pct,
+            w.node_sessions_cpu_pct,
+            cpu("node_"),
+            cpu("ticker"),
+            cpu("relay"),
+            cpu("reducer"),
+            w.bench_cpu_pct,
+            BEAT_ERRORS.load(Ordering::Relaxed)
+        ),
+    );
+    let top: Vec<String> = w.top.iter().map(|(r, q)| format!("{r:.2}/s {q}")).collect();
+    ctx.note(
+        CASE,
+        format!(
+            "{:.1} pgfan_tick notifications/s reached a listener. Every NOTIFY committed in the \
+             master database costs each idle LISTENing backend there one transaction \
+             (PostgreSQL 15 signals every listener of the database, whatever the channel, and \
+             reads the notification queue in a transaction of its own; checked apart: 10 \
+             NOTIFYs to 50 idle listeners added ~500 to xact_commit), so the transactions/s \
+             above are mostly these reads, not statements ({:.1}/s). Statements by calls: {}",
+            w.tick_notifications,
+            w.statements,
+            top.join(" | ")
+        ),
+    );
+    ctx.note(
+        CASE,
+        format!(
+            "for comparison, computed, not measured: seed 002's push/pull with pgqd runs 2N+2 \
+             processes ({} at N = {n}), each consumer polling every second (pgqd's loop_delay \
+             1 s): about {n} master transactions/s idle; before issue 14's change an idle pgfan \
+             node daemon cost the master about 3.8 transactions/s ({:.0}/s for {n})",
+            2 * n + 2,
+            3.8 * n as f64
+        ),
+    );
+}
+
+fn rows(w: &Window, add_ms: &[f64]) -> Vec<Row> {
+    let n = w.nodes;
+    let row = |metric: String, unit: &str, v: f64| {
+        Row::single(CASE, metric, unit, Better::Lower, vec![v])
+    };
+    let (tps_goal, per_node) = (TPS_PER_NODE_GOAL * n as f64, w.tps / n as f64);
+    let sessions = format!("master sessions per node daemon (max of {REAL})");
+    let fleet = |what: &str| format!("master {what}, idle fleet of {n}");
+    vec![
+        row(sessions, "sessions", w.per_real_max as f64).goal("<= 1", w.per_real_max <= 1),
+        row(fleet("client backends"), "backends", w.backends_max as f64),
+        row(fleet("CPU"), "% core", w.cpu_pct)
+            .goal(format!("<= {CPU_GOAL_PCT} %"), w.cpu_pct <= CPU_GOAL_PCT),
+        row(fleet("transactions/s"), "tx/s", w.tps)
+            .goal(format!("<= {tps_goal:.0}/s"), w.tps <= tps_goal),
+        row(
+            "master transactions/s per idle node daemon".into(),
+            "tx/s",
+            per_node,
+        )
+        .goal(
+            format!("<= {TPS_PER_NODE_GOAL}/s"),
+            per_node <= TPS_PER_NODE_GOAL,
+        ),
+        row(fleet("statements/s"), "stmt/s", w.statements),
+        row(
+            format!("registering {n} nodes (node_add each)"),
+            "s",
+            add_ms.iter().sum::<f64>() / 1000.0,
+        ),
+    ]
+}

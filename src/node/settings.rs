@@ -66,7 +66,8 @@ pub struct NodeConfig {
     pub pooled: bool,
     /// How often the node writes its heartbeat (workers, version) on the master. Its
     /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
-    /// idle node costs the master one write a period. Default 60 s.
+    /// idle node costs the master one write a period (and the claim's looks refresh it).
+    /// Default 5 min.
     #[serde(
         default = "default_heartbeat_period",
         deserialize_with = "config::duration"
@@ -103,7 +104,7 @@ fn default_claim_poll_period() -> Duration {
     Duration::from_secs(60)
 }
 fn default_heartbeat_period() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(300)
 }
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
@@ -251,7 +252,7 @@ mod tests {
         assert!(cfg.allow_sql);
         assert_eq!(cfg.poll_period, Duration::from_secs(1));
         assert_eq!(cfg.claim_poll_period, Duration::from_secs(60));
-        assert_eq!(cfg.heartbeat_period, Duration::from_secs(60));
+        assert_eq!(cfg.heartbeat_period, Duration::from_secs(300));
         assert_eq!(cfg.stop_timeout, Duration::from_secs(30));
         assert_eq!(cfg.queue(), "pgfan_node_n1");
         assert!(cfg.check().is_ok());

@@ -17,6 +17,7 @@
 mod consume;
 mod delivery;
 mod fanout;
+mod fleet;
 mod footprint;
 mod insert;
 mod latency;
@@ -25,6 +26,7 @@ mod parallel;
 mod report;
 mod rig;
 mod skytools;
+mod triggers;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -68,6 +70,14 @@ const CASES: &[(&str, &str)] = &[
         "8. RSS and idle CPU of each daemon, ticker WAL per idle minute",
     ),
     ("fanout", "9. relay fan-out of run_on_all to 100 nodes"),
+    (
+        "fleet",
+        "10. idle fleet of 1,000 node daemons: master backends, CPU, transactions/s",
+    ),
+    (
+        "triggers",
+        "11. bundled change-capture triggers vs PgQ's C triggers: cost per row, memory per trigger",
+    ),
 ];
 
 async fn run_case(name: &str, ctx: &Ctx) -> Result<Vec<Row>> {
@@ -81,6 +91,8 @@ async fn run_case(name: &str, ctx: &Ctx) -> Result<Vec<Row>> {
         "mapreduce" => mapreduce::run(ctx).await,
         "footprint" => footprint::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
+        "fleet" => fleet::run(ctx).await,
+        "triggers" => triggers::run(ctx).await,
         other => bail!("unknown case {other:?}; --list shows the cases"),
     }
 }

@@ -48,8 +48,7 @@
 //! the notes).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,7 @@ use tokio_postgres::{AsyncMessage, Client, Transaction};
 
 use crate::parallel::pipeline;
 use crate::report::{Better, Row};
-use crate::rig::{self, cpu_ticks, Ctx, KillOnDrop};
+use crate::rig::{self, cpu_ticks, Ctx, Proc};
 
 const CASE: &str = "fleet";
 /// Registered nodes (quick: 200).
@@ -95,66 +94,6 @@ const TPS_PER_NODE_GOAL: f64 = 0.05;
 const LIMIT: Duration = Duration::from_secs(60);
 /// Simulated heartbeats that failed (and were tried again).
 static BEAT_ERRORS: AtomicUsize = AtomicUsize::new(0);
-
-/// A daemon process; killed if dropped without [`Daemon::stop`].
-struct Daemon {
-    name: String,
-    child: KillOnDrop,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `pgfan <role> -c <dir>/<name>.toml` with `config`, logging to `<name>.log`.
-    fn spawn(exe: &Path, dir: &Path, name: &str, role: &str, config: &str) -> Result<Daemon> {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, config)?;
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(exe)
-            .args([role, "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("start {} {role}", exe.display()))?;
-        Ok(Daemon {
-            name: name.to_string(),
-            child: KillOnDrop(child),
-            log,
-        })
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.0.id() as i32
-    }
-
-    /// Fails with the end of its log if the process has exited.
-    fn alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.0.try_wait()? {
-            bail!(
-                "{} exited ({status}), see {}",
-                self.name,
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGTERM (pgfan's drain), then waits up to 30 s for the exit.
-    async fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our own child's pid; it is not reaped before this returns.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.0.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("{} did not stop within 30 s of SIGTERM", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
 
 /// The master half of an idle node daemon's claim: its batches are the empty ones of its
 /// queue's idle ticks, which the daemon acknowledges with `pgfan.tasks_claimed` before
@@ -435,7 +374,7 @@ fn most_sessions(b: &Backends, names: impl Iterator<Item = String>) -> i64 {
 async fn window(
     ctx: &Ctx,
     probe: &mut Probe,
-    daemons: &mut [Daemon],
+    daemons: &mut [Proc],
     sim: &mut Simulator,
     nodes: usize,
 ) -> Result<Window> {
@@ -627,7 +566,7 @@ async fn wait_started(m: &Client, sim: &mut Simulator) -> Result<()> {
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     // The release binary cargo builds with the suite (benches get every binary built).
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pgfan"));
+    let exe = rig::pgfan_exe()?;
     if !exe.is_file() {
         bail!(
             "{} is missing; run the case through cargo bench",
@@ -667,7 +606,7 @@ async fn measure(
     std::fs::create_dir_all(&dir)?;
     let mut daemons = Vec::new();
     for (name, role, cfg) in configs(master, &node_dbs) {
-        daemons.push(Daemon::spawn(exe, &dir, &name, role, &cfg)?);
+        daemons.push(Proc::spawn(exe, &dir, &name, role, &cfg)?);
     }
     let sim_names: Vec<String> = (REAL + 1..=nodes).map(|k| format!("n{k}")).collect();
     let mut sim = Simulator::start(&master.conninfo("postgres"), &sim_names);

@@ -35,8 +35,8 @@
 //! `--profile` also prints each measured window's top statements by time and by WAL.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
@@ -46,7 +46,7 @@ use tokio_postgres::Client;
 
 use crate::parallel::pipeline;
 use crate::report::{Better, Row};
-use crate::rig::{self, cpu_ticks, Ctx, KillOnDrop};
+use crate::rig::{self, cpu_ticks, pgfan_exe, Ctx, Proc};
 
 const CASE: &str = "footprint";
 const IDLE_QUEUES: usize = 1000;
@@ -59,80 +59,6 @@ const IDLE_PERIOD: Duration = Duration::from_secs(60);
 const RSS_GOAL_MB: f64 = 20.0;
 const CPU_GOAL_PCT: f64 = 1.0;
 const PGQD_APP: &str = "pgqd";
-
-/// The release binary cargo builds for the suite (benches get every binary target built).
-fn pgfan_exe() -> Result<PathBuf> {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pgfan"));
-    if !exe.is_file() {
-        bail!(
-            "{} is missing; run the case through cargo bench",
-            exe.display()
-        );
-    }
-    Ok(exe)
-}
-
-/// A daemon running as a child process; killed if dropped without [`Proc::stop`].
-struct Proc {
-    name: String,
-    child: KillOnDrop,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `pgfan <role> -c <config>`, logging to `<dir>/<name>.log`.
-    fn spawn(exe: &Path, dir: &Path, name: &str, role: &str, config: &str) -> Result<Proc> {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, config)?;
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(exe)
-            .args([role, "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("start {} {role}", exe.display()))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child: KillOnDrop(child),
-            log,
-        })
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.0.id() as i32
-    }
-
-    /// Fails (with the end of its log) if the process has exited.
-    fn alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.0.try_wait()? {
-            bail!("{} exited ({status}): {}", self.name, self.log_tail());
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    }
-
-    /// SIGTERM (pgfan's drain) and waits up to 30 s for the exit.
-    async fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our own child's pid; it is not reaped before this returns.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.0.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("{} did not stop within 30 s of SIGTERM", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
 
 /// VmRSS and VmHWM of a process in kB, from /proc/<pid>/status.
 fn memory_kb(pid: i32) -> Result<(f64, f64)> {

@@ -329,3 +329,77 @@ pub fn cpu_ticks(pid: i32) -> Result<u64> {
 pub fn own_cpu_secs() -> f64 {
     cpu_ticks(std::process::id() as i32).unwrap_or(0) as f64 / 100.0
 }
+
+/// The release binary cargo builds for the suite (benches get every binary target built).
+pub fn pgfan_exe() -> Result<PathBuf> {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pgfan"));
+    if !exe.is_file() {
+        bail!(
+            "{} is missing; run the case through cargo bench",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// A daemon running as a child process; killed if dropped without [`Proc::stop`].
+pub struct Proc {
+    pub name: String,
+    pub child: KillOnDrop,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `pgfan <role> -c <config>`, logging to `<dir>/<name>.log`.
+    pub fn spawn(exe: &Path, dir: &Path, name: &str, role: &str, config: &str) -> Result<Proc> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(exe)
+            .args([role, "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {} {role}", exe.display()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: KillOnDrop(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    /// Fails (with the end of its log) if the process has exited.
+    pub fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.0.try_wait()? {
+            bail!("{} exited ({status}): {}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// SIGTERM (pgfan's drain) and waits up to 30 s for the exit.
+    pub async fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid; it is not reaped before this returns.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}

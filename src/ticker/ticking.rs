@@ -49,17 +49,16 @@ use crate::db::Session;
 /// records position 1 before any event exists (the sequence's start), and the first event
 /// takes position 1, so a position of 1 at a tick that recorded 1 may be an event
 /// (`first_event`): announced, which costs a queue that has had one event ever an
-/// announcement per idle tick. And a tick after one whose snapshot had transactions in
-/// progress (`unsettled`) is announced too: their events, counted by that tick but not
-/// visible to it, may be in this one.
+/// announcement per idle tick. Events counted by a tick but not visible to it (their
+/// transaction was still open) are ticked and announced by the missed-events check
+/// (urgent.rs), not here: announcing every tick that follows one with transactions in
+/// progress would announce most idle ticks of a busy master.
 const ROUND_SQL: &str = "with r as materialized (
-        select queue_id, queue_name, pos, pending, first_event, unsettled,
+        select queue_id, queue_name, pos, pending, first_event,
                case when due then pgq.ticker(d.queue_name) end as tick_id
           from (select q.queue_id, q.queue_name, s.pos,
                        coalesce(s.pos > t.tick_event_seq, false) as pending,
                        coalesce(s.pos = 1 and t.tick_event_seq = 1, false) as first_event,
-                       exists (select 1 from pg_catalog.txid_snapshot_xip(t.tick_snapshot))
-                         as unsettled,
                        t.tick_id is null
                        or s.pos > t.tick_event_seq
                        or p.tick_time is null
@@ -71,7 +70,7 @@ const ROUND_SQL: &str = "with r as materialized (
                  cross join lateral (select pg_catalog.pg_sequence_last_value(
                                               q.queue_event_seq::regclass) as pos) s
                   left join lateral (
-                        select tick_id, tick_time, tick_event_seq, tick_snapshot from pgq.tick
+                        select tick_id, tick_time, tick_event_seq from pgq.tick
                          where tick_queue = q.queue_id
                          order by tick_queue desc, tick_id desc limit 1) t on true
                   left join lateral (
@@ -81,7 +80,7 @@ const ROUND_SQL: &str = "with r as materialized (
                  where not q.queue_ticker_paused and not q.queue_external_ticker) d
          order by queue_id)
     select queue_name, pos, pending, tick_id,
-           case when tick_id is not null and (pending or first_event or unsettled)
+           case when tick_id is not null and (pending or first_event)
                 then pg_catalog.pg_notify('pgfan_tick', queue_name) end::text
       from r where tick_id is not null or pending order by queue_id";
 

@@ -71,6 +71,7 @@ begin
             ('pgfan_operator', 'execute on function pgfan.job_summary(bigint)'),
             ('pgfan_operator', 'execute on function pgfan.pending_events(text, text, integer)'),
             ('pgfan_operator', 'execute on function pgfan.queue_activity(text, integer)'),
+            ('pgfan_operator', 'execute on function pgfan.connected_nodes()'),
             ('pgfan_node', 'usage on schema pgfan'),
             ('pgfan_node', 'execute on function pgfan.node_register(text)'),
             ('pgfan_node', 'execute on function pgfan.node_next_batch(text, interval, integer, interval)'),

@@ -10,30 +10,16 @@ use std::time::Duration;
 use common::node_env::{put, put_in, sql_task, start_node, stop_node, Env, Pull};
 use common::{cluster, eventually, TestDb};
 use pgfan::bouncer::Bouncer;
-use pgfan::install::{self, Role};
 use pgfan::node::NodeConfig;
 
 /// Another node of `env`'s master, with its own node database and the same settings.
 async fn other_node(env: &Env, name: &str) -> TestDb {
-    let db = TestDb::empty().await;
-    install::install(&mut db.connect().await, Role::Node)
-        .await
-        .expect("install the node schema");
+    let db = env.add_node(name).await;
     db.connect()
         .await
         .batch_execute("create table t (id integer)")
         .await
         .unwrap();
-    let m = env.master.connect().await;
-    m.query_one("select pgfan.node_add($1)", &[&name])
-        .await
-        .unwrap();
-    m.query_one(
-        "select pgq.set_queue_config($1, 'ticker_max_lag', '0')",
-        &[&format!("pgfan_node_{name}")],
-    )
-    .await
-    .unwrap();
     db
 }
 

@@ -30,19 +30,7 @@ impl Env {
     /// Like [`Env::new`] with the node database `node` (e.g. on a cluster of its own).
     pub async fn with_node(name: &str, node: TestDb) -> Env {
         let master = TestDb::master(Backend::Bundled).await;
-        install::install(&mut node.connect().await, Role::Node)
-            .await
-            .expect("install the node schema");
-        let m = master.connect().await;
-        m.query_one("select pgfan.node_add($1)", &[&name])
-            .await
-            .expect("pgfan.node_add");
-        m.query_one(
-            "select pgq.set_queue_config($1, 'ticker_max_lag', '0')",
-            &[&format!("pgfan_node_{name}")],
-        )
-        .await
-        .unwrap();
+        register_node(&master, name, &node).await;
         let ticker = start_ticker(ticker_config(&master));
         Env {
             master,
@@ -50,6 +38,13 @@ impl Env {
             name: name.into(),
             ticker,
         }
+    }
+
+    /// Another node of this master, `name` on a new node database (returned).
+    pub async fn add_node(&self, name: &str) -> TestDb {
+        let node = TestDb::empty().await;
+        register_node(&self.master, name, &node).await;
+        node
     }
 
     pub fn queue(&self) -> String {
@@ -260,4 +255,22 @@ pub async fn stop_node(node: Node) {
         .expect("the node stops in time")
         .unwrap()
         .expect("the node ends cleanly");
+}
+
+/// Installs the node schema into `node` and registers `name` on `master`, its pull queue
+/// ticking as soon as it has events.
+async fn register_node(master: &TestDb, name: &str, node: &TestDb) {
+    install::install(&mut node.connect().await, Role::Node)
+        .await
+        .expect("install the node schema");
+    let m = master.connect().await;
+    m.query_one("select pgfan.node_add($1)", &[&name])
+        .await
+        .expect("pgfan.node_add");
+    m.query_one(
+        "select pgq.set_queue_config($1, 'ticker_max_lag', '0')",
+        &[&format!("pgfan_node_{name}")],
+    )
+    .await
+    .unwrap();
 }

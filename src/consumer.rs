@@ -309,13 +309,13 @@ async fn session_loop<H: BatchHandler>(
         if *stop.borrow() {
             return Ok(Ended::Stopped);
         }
-        let round = {
+        let (finished, round) = {
             let mut client = session.lock(&opts.conninfo).await?;
             process_one(opts, handler, &mut client, behind).await?
         };
         progress.outage.recovered();
+        *progress.finished += finished;
         if let Some(lag) = round {
-            *progress.finished += 1;
             behind = lag > CATCH_UP_LAG;
             continue;
         }
@@ -367,27 +367,56 @@ async fn open_batch(
     }
 }
 
-/// Processes the next batch; returns its lag in seconds, None when there was none.
+/// Empty batches one transaction may finish before it looks no further: an idle consumer
+/// that finds its queue's idle ticks needs one transaction a look, not one per tick; the
+/// bound keeps a consumer far behind a long run of idle ticks from holding one open.
+const EMPTY_BATCHES_PER_TX: u64 = 100;
+
+/// Processes the next batch: the batches finished, and the lag in seconds of the last one,
+/// None when the look found no batch with events.
 ///
-/// A consumer that is `behind` asks for at least [`CATCH_UP_COUNT`] events (PgQ then ends
-/// the batch at the first tick that has them), and for the next tick only when fewer are
-/// waiting: with the ticker ticking every few milliseconds under load, one batch per tick
-/// would spend more on batch overhead than on events and never catch up.
+/// Empty batches (a queue's idle ticks) are finished in the same transaction as whatever
+/// comes after them, so an idle consumer's look costs the queue database one transaction,
+/// and a look that only found empty batches reports None (caught up: wait for a tick).
 async fn process_one<H: BatchHandler>(
     opts: &ConsumerOptions,
     handler: &mut H,
     client: &mut tokio_postgres::Client,
     behind: bool,
-) -> Result<Option<f64>, HandlerError> {
-    let started = Instant::now();
+) -> Result<(u64, Option<f64>), HandlerError> {
     let tx = client.transaction().await?;
+    let mut empty = 0;
+    let lag = loop {
+        match one_batch(opts, handler, &tx, behind).await? {
+            None => break None,
+            Some((_, 0)) if empty + 1 < EMPTY_BATCHES_PER_TX => empty += 1,
+            Some((lag, _)) => break Some(lag),
+        }
+    };
+    tx.commit().await?;
+    Ok((empty + u64::from(lag.is_some()), lag))
+}
+
+/// Opens, handles and finishes one batch in `tx`; returns its lag in seconds and its
+/// number of events, None when there was no batch.
+///
+/// A consumer that is `behind` asks for at least [`CATCH_UP_COUNT`] events (PgQ then ends
+/// the batch at the first tick that has them), and for the next tick only when fewer are
+/// waiting: with the ticker ticking every few milliseconds under load, one batch per tick
+/// would spend more on batch overhead than on events and never catch up.
+async fn one_batch<H: BatchHandler>(
+    opts: &ConsumerOptions,
+    handler: &mut H,
+    tx: &Transaction<'_>,
+    behind: bool,
+) -> Result<Option<(f64, u64)>, HandlerError> {
+    let started = Instant::now();
     let catch_up = (behind && opts.min_count.is_none()).then_some(CATCH_UP_COUNT);
-    let mut row = open_batch(&tx, opts, catch_up.or(opts.min_count)).await?;
+    let mut row = open_batch(tx, opts, catch_up.or(opts.min_count)).await?;
     if catch_up.is_some() && row.get::<_, Option<i64>>(0).is_none() {
-        row = open_batch(&tx, opts, None).await?;
+        row = open_batch(tx, opts, None).await?;
     }
     let Some(batch_id) = row.get::<_, Option<i64>>(0) else {
-        tx.commit().await?;
         return Ok(None);
     };
     let batch = BatchRef {
@@ -396,7 +425,7 @@ async fn process_one<H: BatchHandler>(
         prev_tick_id: row.get(2),
     };
     let (retries, events) = if opts.lazy_fetch > 0 {
-        handle_lazily(opts, handler, &tx, batch).await?
+        handle_lazily(opts, handler, tx, batch).await?
     } else {
         let events = match &opts.node {
             Some(node) => tx
@@ -408,12 +437,12 @@ async fn process_one<H: BatchHandler>(
                 .iter()
                 .map(Event::from_row)
                 .collect(),
-            None => crate::pgq::batch_events(&tx, batch_id).await?,
+            None => crate::pgq::batch_events(tx, batch_id).await?,
         };
         let n = events.len() as u64;
-        (handler.events(&tx, batch, &events).await?, n)
+        (handler.events(tx, batch, &events).await?, n)
     };
-    handler.batch_end(&tx, batch).await?;
+    handler.batch_end(tx, batch).await?;
     for r in retries {
         let secs = opts
             .retry_delay(r.retries)
@@ -442,17 +471,16 @@ async fn process_one<H: BatchHandler>(
                 .await?;
         }
         None => {
-            crate::pgq::finish_batch(&tx, batch_id).await?;
+            crate::pgq::finish_batch(tx, batch_id).await?;
         }
     }
-    tx.commit().await?;
     let labels = labels(opts);
     metrics::counter!("pgfan_consumer_batches_total", &labels).increment(1);
     metrics::counter!("pgfan_consumer_events_total", &labels).increment(events);
     let lag = row.get::<_, f64>(3);
     metrics::gauge!("pgfan_consumer_lag_seconds", &labels).set(lag);
     metrics::histogram!("pgfan_consumer_batch_duration_seconds", &labels).record(started.elapsed());
-    Ok(Some(lag))
+    Ok(Some((lag, events)))
 }
 
 /// The labels of a consumer's metrics.

@@ -409,7 +409,104 @@ async fn discovery_finds_every_database_with_pgq_and_rechecks() {
     ticker.await.unwrap();
 }
 
+/// Records, for every batch, the transaction that finished it and its number of events.
+struct TxOfBatch(mpsc::UnboundedSender<(i64, i64, usize)>, usize);
+
+impl BatchHandler for TxOfBatch {
+    async fn events<'a>(
+        &'a mut self,
+        _tx: &'a Transaction<'_>,
+        _batch: BatchRef,
+        events: &'a [Event],
+    ) -> Result<Vec<RetryEvent>, HandlerError> {
+        self.1 += events.len();
+        Ok(Vec::new())
+    }
+
+    async fn batch_end<'a>(
+        &'a mut self,
+        tx: &'a Transaction<'_>,
+        batch: BatchRef,
+    ) -> Result<(), HandlerError> {
+        let xid: i64 = tx.query_one("select txid_current()", &[]).await?.get(0);
+        let _ = self
+            .0
+            .send((batch.batch_id, xid, std::mem::take(&mut self.1)));
+        Ok(())
+    }
+}
+
+/// Ticks queue `q` once, events or not (as the ticker does after `force_tick`).
+async fn tick(c: &tokio_postgres::Client, q: &str) {
+    c.query_one("select pgq.force_tick($1)", &[&q])
+        .await
+        .unwrap();
+    c.query_one("select pgq.ticker($1)", &[&q]).await.unwrap();
+}
+
+/// An idle consumer's look costs one transaction, however many idle ticks it finds: the
+/// empty batches are finished in the transaction of the batch after them, and a look that
+/// found only empty batches leaves the consumer caught up.
+async fn idle_ticks_cost_one_transaction_a_look(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let c = db.connect().await;
+    c.query_one("select pgq.create_queue('idle')", &[])
+        .await
+        .unwrap();
+    c.query_one("select pgq.register_consumer('idle', 'c1')", &[])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tick(&c, "idle").await;
+    }
+    c.query_one("select pgq.insert_event('idle', 'e', 'x')", &[])
+        .await
+        .unwrap();
+    tick(&c, "idle").await;
+    let mut opts = ConsumerOptions::new(&db.conninfo, "idle", "c1");
+    opts.poll_period = Duration::from_millis(100);
+    let (seen, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop) = watch::channel(false);
+    let consumer =
+        tokio::spawn(async move { consumer::run(&opts, &mut TxOfBatch(seen, 0), stop).await });
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("a batch in time")
+            .expect("the consumer runs")
+    };
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(next().await);
+    }
+    let counts: Vec<usize> = first.iter().map(|b| b.2).collect();
+    assert_eq!(counts, [0, 0, 0, 1], "three idle ticks, then the event's");
+    assert!(
+        first.iter().all(|b| b.1 == first[0].1),
+        "one transaction for the idle batches and the one after them: {first:?}"
+    );
+    // Caught up: two more idle ticks are found by a poll, in one transaction.
+    tick(&c, "idle").await;
+    tick(&c, "idle").await;
+    let (a, b) = (next().await, next().await);
+    assert_eq!((a.2, b.2), (0, 0));
+    assert_eq!(a.1, b.1, "one transaction for both idle batches");
+    assert_ne!(a.1, first[0].1);
+    let newest = newest_tick(&db, "idle").await;
+    eventually(
+        &db,
+        &format!(
+            "select last_tick = {newest} and current_batch is null \
+               from pgq.get_consumer_info('idle', 'c1')"
+        ),
+    )
+    .await;
+    stop_tx.send(true).unwrap();
+    assert_eq!(consumer.await.unwrap().unwrap(), 6, "six batches finished");
+}
+
 both_backends!(
+    idle_ticks_cost_one_transaction_a_look,
     ticker_wakes_consumers_on_new_events,
     ticker_moves_retries_and_rotates_tables,
     consumer_reads_large_batches_lazily_in_order,

@@ -14,14 +14,14 @@
 //! ONE master session (a `db::SharedSession` as the bench's superuser, which the node doors
 //! accept, named `pgfan node <name>`) shared by
 //! - the claim: pgfan's consumer framework itself (`consumer::run` through the node doors,
-//!   60 s poll period as `claim_poll_period`): it LISTENs on `pgfan_tick`, registers with
-//!   `pgfan.node_register`, looks for a batch (`pgfan.node_next_batch`, one transaction)
-//!   when its queue ticks or the period passes, and reads and finishes the empty batch of
-//!   each idle tick as the daemon does, its handler doing the master half of the daemon's
-//!   claim of an empty batch (`pgfan.tasks_claimed(name, '{}')`);
-//! - the heartbeat: `pgfan.node_heartbeat(name, 4, version)` at start, then every 60 s
-//!   (`heartbeat_period`), each node's second beat at its own point of the first minute
-//!   (golden-ratio spread), so that the beats do not come in step.
+//!   the daemon's default `claim_poll_period` as its poll period): it LISTENs on
+//!   `pgfan_tick`, registers with `pgfan.node_register`, looks for a batch
+//!   (`pgfan.node_next_batch`) when its queue ticks or the period passes, and reads and
+//!   finishes the empty batches of idle ticks in that one transaction, its handler doing
+//!   nothing for them, as the daemon's claim does;
+//! - the heartbeat: `pgfan.node_heartbeat(name, 4, version)` at start, then every
+//!   `heartbeat_period` (the daemon's default), each node's second beat at its own point of
+//!   the first period (golden-ratio spread), so that the beats do not come in step.
 //!
 //! An idle daemon asks about cancellations and ships results only while it has tasks: the
 //! simulator does neither. `--quick`: 200 nodes (180 simulated).
@@ -80,8 +80,11 @@ const MASTER_SETTINGS: &[(&str, &str)] = &[
     ("shared_preload_libraries", "'pg_stat_statements'"),
     ("pg_stat_statements.track", "'top'"),
 ];
-/// The node daemon's default `heartbeat_period` and `claim_poll_period`.
-const PERIOD: Duration = Duration::from_secs(60);
+/// The node daemon's defaults: `claim_poll_period` and `heartbeat_period`.
+fn periods() -> (Duration, Duration) {
+    let d = pgfan::node::NodeConfig::new("n", "", "");
+    (d.claim_poll_period, d.heartbeat_period)
+}
 /// Simulated nodes start this far apart (980 connections in ~20 s, not at once).
 const SIM_START_GAP: Duration = Duration::from_millis(20);
 /// A simulated node's first beat comes this long after its claim started: the heartbeat
@@ -95,12 +98,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Simulated heartbeats that failed (and were tried again).
 static BEAT_ERRORS: AtomicUsize = AtomicUsize::new(0);
 
-/// The master half of an idle node daemon's claim: its batches are the empty ones of its
-/// queue's idle ticks, which the daemon acknowledges with `pgfan.tasks_claimed` before
-/// the framework finishes them.
-struct IdleClaim {
-    node: String,
-}
+/// The claim of an idle node daemon: its batches are the empty ones of its queue's idle
+/// ticks, for which the daemon's claim handler does nothing (the framework reads and
+/// finishes them).
+struct IdleClaim;
 
 impl BatchHandler for IdleClaim {
     async fn events<'a>(
@@ -111,17 +112,6 @@ impl BatchHandler for IdleClaim {
     ) -> Result<Vec<RetryEvent>, HandlerError> {
         Ok(Vec::new())
     }
-
-    async fn batch_end<'a>(
-        &'a mut self,
-        tx: &'a Transaction<'_>,
-        _batch: BatchRef,
-    ) -> Result<(), HandlerError> {
-        let none: Vec<i64> = Vec::new();
-        tx.query_one("select pgfan.tasks_claimed($1, $2)", &[&self.node, &none])
-            .await?;
-        Ok(())
-    }
 }
 
 /// The simulated node daemons: a claim and a heartbeat task each, until stopped.
@@ -130,34 +120,35 @@ struct Simulator {
     tasks: JoinSet<Result<()>>,
 }
 
-/// A point of the period for node `k`: the fractional parts of k × the golden ratio spread
+/// A point of `period` for node `k`: the fractional parts of k × the golden ratio spread
 /// evenly over [0, 1) in any prefix, so the nodes' beats are spread whatever their number.
-fn phase(k: usize) -> Duration {
+fn phase(k: usize, period: Duration) -> Duration {
     let x = (k as f64 * 0.618_033_988_749_894_9).fract();
-    PERIOD.mul_f64(x)
+    period.mul_f64(x)
 }
 
 impl Simulator {
     fn start(master: &str, names: &[String]) -> Simulator {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let (poll, heartbeat) = periods();
         for (i, name) in names.iter().enumerate() {
             let conninfo = format!("{master} application_name='pgfan node {name}'");
             let session = SharedSession::new("master");
             let start = SIM_START_GAP * i as u32;
             let queue = format!("pgfan_node_{name}");
             let mut opts = ConsumerOptions::new(conninfo.clone(), queue.clone(), queue);
-            opts.poll_period = PERIOD;
+            opts.poll_period = poll;
             opts.shared = Some(session.clone());
             opts.node = Some(name.clone());
-            let mut handler = IdleClaim { node: name.clone() };
+            let mut handler = IdleClaim;
             let stop = stop_rx.clone();
             tasks.spawn(async move {
                 tokio::time::sleep(start).await;
                 consumer::run(&opts, &mut handler, stop).await?;
                 Ok(())
             });
-            let when = (start + FIRST_BEAT, phase(i + 1));
+            let when = (start + FIRST_BEAT, phase(i + 1, heartbeat), heartbeat);
             let who = (conninfo, name.clone());
             tasks.spawn(beat(session, who, when, stop_rx.clone()));
         }
@@ -188,11 +179,11 @@ impl Simulator {
 }
 
 /// A simulated node's heartbeat on its shared master session: after `first`, again
-/// `second` later, then every [`PERIOD`], until stopped.
+/// `second` later, then every `period`, until stopped.
 async fn beat(
     session: std::sync::Arc<SharedSession>,
     (conninfo, node): (String, String),
-    (first, second): (Duration, Duration),
+    (first, second, period): (Duration, Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let (mut next, mut gap) = (tokio::time::Instant::now() + first, second);
@@ -205,7 +196,7 @@ async fn beat(
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&node, &4i32, &pgfan::VERSION];
         let done = async { session.lock(&conninfo).await?.execute(sql, &args).await };
         match done.await {
-            Ok(_) => (next, gap) = (next + gap, PERIOD),
+            Ok(_) => (next, gap) = (next + gap, period),
             // As a daemon does, it tries again (here a second later); counted in the notes.
             Err(e) => {
                 if BEAT_ERRORS.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -671,11 +662,13 @@ fn notes(ctx: &Ctx, w: &Window, add_ms: &[f64]) {
             "{n} nodes: n1..n{REAL} real (databases on {NODE_CLUSTERS} node clusters, daemons \
              as processes of the release binary, defaults), n{}..n{n} simulated in the bench \
              process (one master session each, pgfan's consumer framework through the node \
-             doors with a 60 s poll, a heartbeat every 60 s); master max_connections 1200, \
+             doors with a {:?} poll, a heartbeat every {:?}); master max_connections 1200, \
              pg_stat_statements loaded; one idle window of {:.1} s after a settling minute \
              (quick: 5 s); node_add {first:.1} ms each for the first {k}, {last:.1} ms for the \
              last {k}",
             REAL + 1,
+            periods().0,
+            periods().1,
             w.secs,
         ),
     );

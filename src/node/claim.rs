@@ -109,6 +109,11 @@ impl BatchHandler for ClaimHandler {
     ) -> Result<(), HandlerError> {
         let events = self.take_batch(batch);
         let rows = claim_rows(&events);
+        if rows.is_empty() {
+            // An idle tick's batch (or one of unreadable events only): redoing it inserts
+            // nothing, so it needs neither the ledger nor a node transaction.
+            return Ok(());
+        }
         let fresh = self.claim_on_node(batch.batch_id, &rows).await?;
         // The tasks are committed on the node: they may run while the master side of the
         // claim finishes. A result may even be recorded on the master first: the reducer

@@ -29,6 +29,15 @@ impl Bouncer {
     /// Starts PgBouncer in transaction mode for every database of `target`, with at most
     /// `pool_size` server connections per database.
     pub fn start(target: &Cluster, pool_size: u32) -> Result<Bouncer, ClusterError> {
+        Bouncer::start_for(target, pool_size, &[])
+    }
+
+    /// [`Bouncer::start`], also letting the `logins` in (besides `postgres`).
+    pub fn start_for(
+        target: &Cluster,
+        pool_size: u32,
+        logins: &[&str],
+    ) -> Result<Bouncer, ClusterError> {
         let dir = tempfile::Builder::new()
             .prefix("pgfan-bouncer-")
             .tempdir()?;
@@ -45,7 +54,11 @@ impl Bouncer {
             users.display()
         );
         readable(&dir.path().join("pgbouncer.ini"), &ini)?;
-        readable(&users, "\"postgres\" \"\"\n")?;
+        let list: String = std::iter::once("postgres")
+            .chain(logins.iter().copied())
+            .map(|u| format!("\"{u}\" \"\"\n"))
+            .collect();
+        readable(&users, &list)?;
         let mut b = Bouncer {
             dir,
             port,

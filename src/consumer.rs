@@ -63,6 +63,9 @@ pub struct ConsumerOptions {
     /// (`pgfan.node_next_batch` and friends) instead of the PgQ API, so that a node's
     /// login needs no `pgq_reader` (which would open every queue to it).
     pub node: Option<String>,
+    /// The node's key for those doors (`pgfan.node_set_pool_key`), set in every transaction
+    /// when the login alone does not name the node (pooled daemons share one).
+    pub node_key: Option<String>,
     /// What the queue's database is to the daemon, for connection errors ("master").
     pub role: &'static str,
     /// A session the consumer shares with other parts of its daemon (a node daemon's one
@@ -94,6 +97,7 @@ impl ConsumerOptions {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
             node: None,
+            node_key: None,
             role: "master",
             shared: None,
             listen: true,
@@ -287,7 +291,13 @@ async fn session_loop<H: BatchHandler>(
             // Unnamed (one round trip): outside a transaction a pooler may run a named
             // statement's parse and execution on different server connections.
             Some(node) => client
-                .query_typed_one("select pgfan.node_register($1)", &[(node, Type::TEXT)])
+                .query_typed_one(
+                    &crate::node::door::keyed("pgfan.node_register($1)", 2),
+                    &[
+                        (node, Type::TEXT),
+                        (&opts.node_key.as_deref().unwrap_or(""), Type::TEXT),
+                    ],
+                )
                 .await
                 .map(|_| true)
                 .map_err(|source| PgqError::Db {
@@ -385,6 +395,9 @@ async fn process_one<H: BatchHandler>(
     behind: bool,
 ) -> Result<(u64, Option<f64>), HandlerError> {
     let tx = client.transaction().await?;
+    if let (Some(_), Some(key)) = (&opts.node, &opts.node_key) {
+        tx.execute(crate::node::door::SET_KEY, &[key]).await?;
+    }
     let mut empty = 0;
     let lag = loop {
         match one_batch(opts, handler, &tx, behind).await? {

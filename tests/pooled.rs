@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::node_env::{put, put_in, sql_task, start_node, stop_node, Env, Pull};
 use common::{cluster, eventually, TestDb};
 use pgfan::bouncer::Bouncer;
-use pgfan::node::NodeConfig;
+use pgfan::node::{NodeConfig, PoolKey};
 
 /// Another node of `env`'s master, with its own node database and the same settings.
 async fn other_node(env: &Env, name: &str) -> TestDb {
@@ -38,8 +38,10 @@ fn inserts(ids: std::ops::RangeInclusive<i64>) -> Vec<Pull<'static>> {
         .collect()
 }
 
-/// Three node daemons share ONE server connection through PgBouncer (so their statements
-/// meet on it: a named statement left outside a transaction by one would break another),
+/// Three node daemons share ONE server connection and one login through PgBouncer, each
+/// acting as its node by its key (so their statements meet on it: a named statement left
+/// outside a transaction by one would break another, a key left behind would let one act
+/// as another),
 /// their tasks arrive before, during and after a restart of PgBouncer, and each task's
 /// insert lands exactly once on its node.
 #[tokio::test]
@@ -50,13 +52,33 @@ async fn nodes_through_pgbouncer_run_their_tasks_exactly_once_across_a_restart()
         ("n_pooled2", other_node(&env, "n_pooled2").await),
         ("n_pooled3", other_node(&env, "n_pooled3").await),
     ];
+    // The daemons share one login, bound to no node (roles are cluster-wide: named for
+    // this test's database); each acts as its node by its key.
+    let pool = format!("{}_pool", env.master.name);
+    let m = env.master.connect().await;
+    m.batch_execute(&format!(
+        "create role {pool} login; grant pgfan_node to {pool}"
+    ))
+    .await
+    .unwrap();
+    let key = |name: &str| format!("{name}-{}", "k".repeat(32));
+    for name in ["n_pooled", "n_pooled2", "n_pooled3"] {
+        m.query_one(
+            "select pgfan.node_set_pool_key($1, $2)",
+            &[&name, &key(name)],
+        )
+        .await
+        .unwrap();
+    }
     // One server connection for the three daemons.
-    let mut bouncer = Bouncer::start(cluster(), 1).expect("start pgbouncer");
+    let mut bouncer = Bouncer::start_for(cluster(), 1, &[&pool]).expect("start pgbouncer");
+    let master = format!("{} user={pool}", bouncer.conninfo(&env.master.name));
     let pooled = |name: &str, node: &str| NodeConfig {
         pooled: true,
         claim_poll_period: Duration::from_millis(200),
+        pool_key: Some(PoolKey::new(key(name))),
         ..NodeConfig {
-            master: bouncer.conninfo(&env.master.name),
+            master: master.clone(),
             ..NodeConfig::new(name, "", node)
         }
     };

@@ -218,6 +218,78 @@ async fn a_node_login_cannot_read_or_claim_another_nodes_events(backend: Backend
 
 /// The node daemon itself with nothing but n1's login on the master: it claims, heartbeats
 /// and ships through the doors; configured as n2 with the same login it stops at once.
+/// Pooled daemons share one login, bound to no node: a transaction acts as a node only
+/// with that node's key, set for the transaction; the key neither reaches another node
+/// nor outlives its transaction (PgBouncer lends the server connection to the next
+/// client), and only the owner sets keys.
+#[tokio::test]
+async fn a_pooled_login_acts_as_a_node_only_with_its_key_in_the_transaction() {
+    let (master, _, _) = master_with_two_nodes().await;
+    let pool = login(&master, "pool", "pgfan_node").await;
+    let m = master.connect().await;
+    let (k1, k2) = ("n1-".repeat(11), "n2-".repeat(11));
+    for (node, key) in [("n1", &k1), ("n2", &k2)] {
+        m.query_one("select pgfan.node_set_pool_key($1, $2)", &[&node, key])
+            .await
+            .unwrap();
+    }
+    let short = m
+        .query_one("select pgfan.node_set_pool_key('n1', 'short')", &[])
+        .await
+        .expect_err("a short key is refused");
+    assert!(common::db_message(&short).contains("at least 32 characters"));
+    let p = master.connect_as(&pool).await;
+    let beat = |node: &str| format!("select pgfan.node_heartbeat('{node}', 1, 'test')");
+    denied(&p, &beat("n1")).await;
+    denied(
+        &p,
+        &format!("select pgfan.node_set_pool_key('n1', '{}')", "x".repeat(40)),
+    )
+    .await;
+    // n2's key: n2 yes, n1 no; within one transaction.
+    p.batch_execute("begin").await.unwrap();
+    allowed(
+        &p,
+        &format!("select set_config('pgfan.node_key', '{k2}', true)"),
+    )
+    .await;
+    allowed(&p, &beat("n2")).await;
+    allowed(
+        &p,
+        "select * from pgfan.node_next_batch('n2', null, null, null)",
+    )
+    .await;
+    p.batch_execute("savepoint s").await.unwrap();
+    denied(&p, &beat("n1")).await;
+    p.batch_execute("rollback to savepoint s; commit")
+        .await
+        .unwrap();
+    // The next transaction on the same connection has no key.
+    denied(&p, &beat("n2")).await;
+    // The daemon's single-statement form (pgfan::node::door::keyed).
+    let keyed = pgfan::node::door::keyed("pgfan.node_heartbeat($1, 1, 'test')", 2);
+    p.query(&keyed, &[&"n1", &k1]).await.unwrap();
+    let wrong = p
+        .query(&keyed, &[&"n1", &k2])
+        .await
+        .expect_err("n2's key for n1");
+    assert_eq!(wrong.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    denied(&p, &beat("n1")).await;
+    // A removed node's key is gone with it.
+    m.query_one("select pgfan.node_remove('n2')", &[])
+        .await
+        .unwrap();
+    let digest: Option<Vec<u8>> = m
+        .query_one(
+            "select pool_key_digest from pgfan.node where node_name = 'n2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(digest, None);
+}
+
 #[tokio::test]
 async fn the_node_daemon_runs_on_its_node_login_alone() {
     let (master, n1, _) = master_with_two_nodes().await;

@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use pgfan::bouncer::Bouncer;
 use pgfan::cluster::Cluster;
 use pgfan::consumer::{self, BatchHandler, BatchRef, ConsumerOptions, HandlerError, RetryEvent};
 use pgfan::db::SharedSession;
@@ -60,6 +61,7 @@ use pgfan::install::{self, Role};
 use pgfan::pgq::Event;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Transaction};
 
 use crate::parallel::pipeline;
@@ -92,6 +94,16 @@ const SIM_START_GAP: Duration = Duration::from_millis(20);
 /// start, briefly), which 980 nodes starting on a busy machine would do at once.
 const FIRST_BEAT: Duration = Duration::from_secs(5);
 const CPU_GOAL_PCT: f64 = 5.0;
+/// Pooled mode: PgBouncer's server connections to the master (the goal's bound) and the
+/// claim poll period the goal names.
+const POOL_SIZE: u32 = 50;
+const POOLED_POLL: Duration = Duration::from_secs(20);
+/// Pooled mode: master transactions/s of the idle fleet of 1,000 (per node: 0.05/s).
+const POOLED_TPS_GOAL: f64 = 50.0;
+/// Pooled mode: the daemons' one login (bound to no node; each acts by its node's key)
+/// and their sessions' one application_name.
+const POOL_LOGIN: &str = "pgfan_fleet_pool";
+const POOLED_NAME: &str = "pgfan pooled node";
 /// Master transactions/s per idle node daemon (50/s for 1,000).
 const TPS_PER_NODE_GOAL: f64 = 0.05;
 const LIMIT: Duration = Duration::from_secs(60);
@@ -128,19 +140,28 @@ fn phase(k: usize, period: Duration) -> Duration {
 }
 
 impl Simulator {
-    fn start(master: &str, names: &[String]) -> Simulator {
+    /// Simulated daemons for `names` on the master at `master`: direct (LISTEN, the
+    /// default poll period), or `pooled` with that poll period and no LISTEN.
+    fn start(master: &str, names: &[String], pooled: Option<Duration>) -> Simulator {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let (poll, heartbeat) = periods();
+        let poll = pooled.unwrap_or(poll);
         for (i, name) in names.iter().enumerate() {
-            let conninfo = format!("{master} application_name='pgfan node {name}'");
+            // As the daemon names its session: pooled daemons share one name.
+            let conninfo = match pooled {
+                Some(_) => format!("{master} application_name='{POOLED_NAME}'"),
+                None => format!("{master} application_name='pgfan node {name}'"),
+            };
             let session = SharedSession::new("master");
             let start = SIM_START_GAP * i as u32;
             let queue = format!("pgfan_node_{name}");
             let mut opts = ConsumerOptions::new(conninfo.clone(), queue.clone(), queue);
             opts.poll_period = poll;
+            opts.listen = pooled.is_none();
             opts.shared = Some(session.clone());
             opts.node = Some(name.clone());
+            opts.node_key = pooled.map(|_| node_key(name));
             let mut handler = IdleClaim;
             let stop = stop_rx.clone();
             tasks.spawn(async move {
@@ -149,7 +170,8 @@ impl Simulator {
                 Ok(())
             });
             let when = (start + FIRST_BEAT, phase(i + 1, heartbeat), heartbeat);
-            let who = (conninfo, name.clone());
+            let key = pooled.map_or(String::new(), |_| node_key(name));
+            let who = (conninfo, name.clone(), key);
             tasks.spawn(beat(session, who, when, stop_rx.clone()));
         }
         Simulator { stop, tasks }
@@ -182,7 +204,7 @@ impl Simulator {
 /// `second` later, then every `period`, until stopped.
 async fn beat(
     session: std::sync::Arc<SharedSession>,
-    (conninfo, node): (String, String),
+    (conninfo, node, key): (String, String, String),
     (first, second, period): (Duration, Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -192,9 +214,22 @@ async fn beat(
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return Ok(()),
         }
-        let sql = "select pgfan.node_heartbeat($1, $2, $3)";
-        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&node, &4i32, &pgfan::VERSION];
-        let done = async { session.lock(&conninfo).await?.execute(sql, &args).await };
+        // Unnamed, as the daemon's (a pooler may run a named statement's parse and
+        // execution on different server connections).
+        let sql = pgfan::node::door::keyed("pgfan.node_heartbeat($1, $2, $3)", 4);
+        let args: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 4] = [
+            (&node, Type::TEXT),
+            (&4i32, Type::INT4),
+            (&pgfan::VERSION, Type::TEXT),
+            (&key, Type::TEXT),
+        ];
+        let done = async {
+            session
+                .lock(&conninfo)
+                .await?
+                .query_typed(&sql, &args)
+                .await
+        };
         match done.await {
             Ok(_) => (next, gap) = (next + gap, period),
             // As a daemon does, it tries again (here a second later); counted in the notes.
@@ -343,6 +378,9 @@ struct Window {
     node_sessions_cpu_pct: f64,
     /// Most client backends at a sample; its breakdown.
     backends_max: i64,
+    /// Most sessions named for node daemons at a sample (pooled: PgBouncer's server
+    /// connections, which carry their last client's application_name).
+    node_sessions_max: i64,
     backends_last: Backends,
     /// Most sessions of one node daemon, over the real nodes and over the simulated ones.
     per_real_max: i64,
@@ -397,11 +435,14 @@ async fn window(
     let bench0 = rig::own_cpu_secs();
     let t0 = Instant::now();
     let (mut per_real_max, mut per_sim_max, mut backends_max) = (0, 0, 0);
+    let mut node_sessions_max = 0;
     let mut last = Backends::default();
     while t0.elapsed() < len {
         tokio::time::sleep(every.min(len.saturating_sub(t0.elapsed()))).await;
         last = probe.backends().await?;
         backends_max = backends_max.max(last.total);
+        let pooled = last.others.get(POOLED_NAME).copied().unwrap_or(0);
+        node_sessions_max = node_sessions_max.max(last.nodes.values().sum::<i64>() + pooled);
         per_real_max = per_real_max.max(most_sessions(&last, (1..=REAL).map(|k| format!("n{k}"))));
         per_sim_max = per_sim_max.max(most_sessions(
             &last,
@@ -455,6 +496,7 @@ async fn window(
         cpu_pct: pct(ticks_between(&cpu0, &cpu1, None)),
         node_sessions_cpu_pct: pct(ticks_between(&cpu0, &cpu1, Some(&node_pids))),
         backends_max,
+        node_sessions_max,
         backends_last: last,
         per_real_max,
         per_sim_max,
@@ -490,10 +532,23 @@ async fn node_databases(clusters: &[Cluster]) -> Result<Vec<String>> {
     Ok(conninfos)
 }
 
-/// The daemons' configuration files: pgfan's defaults; no application_name set, so each
-/// daemon names its sessions itself.
-fn configs(master: &Cluster, node_dbs: &[String]) -> Vec<(String, &'static str, String)> {
+/// The daemons' configuration files: pgfan's defaults (pooled: the node daemons reach the
+/// master at `node_master` with `pooled = true` and a [`POOLED_POLL`] claim poll); no
+/// application_name set, so each daemon names its sessions itself.
+fn configs(
+    master: &Cluster,
+    node_master: &str,
+    pooled: bool,
+    node_dbs: &[String],
+) -> Vec<(String, &'static str, String)> {
     let m = master.conninfo("postgres");
+    let mode = match pooled {
+        true => format!(
+            "pooled = true\nclaim_poll_period = \"{}s\"\npool_key = \"{{key}}\"\n",
+            POOLED_POLL.as_secs()
+        ),
+        false => String::new(),
+    };
     let mut v = vec![
         (
             "ticker".to_string(),
@@ -511,7 +566,10 @@ fn configs(master: &Cluster, node_dbs: &[String]) -> Vec<(String, &'static str, 
         v.push((
             format!("node_{name}"),
             "node",
-            format!("[node]\nname = \"{name}\"\nmaster = \"{m}\"\ndb = \"{db}\"\n"),
+            format!(
+                "[node]\nname = \"{name}\"\nmaster = \"{node_master}\"\ndb = \"{db}\"\n{}",
+                mode.replace("{key}", &node_key(&name))
+            ),
         ));
     }
     v
@@ -534,14 +592,15 @@ async fn backdate_ticks(m: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every node has sent its first heartbeat, failing early if a simulated
-/// node's task ended.
-async fn wait_started(m: &Client, sim: &mut Simulator) -> Result<()> {
+/// Waits until every node has sent a heartbeat since `since` (epoch seconds on the
+/// master's clock), failing early if a simulated node's task ended.
+async fn wait_started(m: &Client, sim: &mut Simulator, since: f64) -> Result<()> {
     let deadline = Instant::now() + 2 * LIMIT;
     loop {
         sim.check()?;
-        let sql = "select count(*) from pgfan.node where heartbeat is null";
-        let silent: i64 = m.query_one(sql, &[]).await?.get(0);
+        let sql = "select count(*) from pgfan.node
+                    where heartbeat is null or heartbeat < to_timestamp($1)";
+        let silent: i64 = m.query_one(sql, &[&since]).await?.get(0);
         if silent == 0 {
             return Ok(());
         }
@@ -593,49 +652,67 @@ async fn measure(
         "  registered {nodes} nodes in {:.1} s",
         add_ms.iter().sum::<f64>() / 1000.0
     );
-    let dir = master.dir().join("fleet");
+    let direct = idle_phase(ctx, exe, master, &m, &node_dbs, None).await?;
+    let bouncer = Bouncer::start_for(master, POOL_SIZE, &[POOL_LOGIN])?;
+    let pooled = idle_phase(ctx, exe, master, &m, &node_dbs, Some(&bouncer)).await?;
+    drop(bouncer);
+    notes(ctx, &direct, &add_ms);
+    pooled_notes(ctx, &pooled);
+    let mut rows = rows(&direct, &add_ms);
+    rows.extend(pooled_rows(&pooled));
+    Ok(rows)
+}
+
+/// One idle window of the fleet: direct, or `pooled` through that PgBouncer. Starts the
+/// daemons and the simulator, lets the fleet settle, measures, stops them.
+async fn idle_phase(
+    ctx: &Ctx,
+    exe: &Path,
+    master: &Cluster,
+    m: &Client,
+    node_dbs: &[String],
+    pooled: Option<&Bouncer>,
+) -> Result<Window> {
+    let nodes = m
+        .query_one("select count(*)::int8 from pgfan.node", &[])
+        .await?
+        .get::<_, i64>(0) as usize;
+    let dir = master.dir().join(if pooled.is_some() {
+        "fleet-pooled"
+    } else {
+        "fleet"
+    });
     std::fs::create_dir_all(&dir)?;
+    let since: f64 = m
+        .query_one("select extract(epoch from now())::float8", &[])
+        .await?
+        .get(0);
+    let node_master = match pooled {
+        Some(b) => {
+            pool_login(m).await?;
+            format!("{} user={POOL_LOGIN}", b.conninfo("postgres"))
+        }
+        None => master.conninfo("postgres"),
+    };
     let mut daemons = Vec::new();
-    for (name, role, cfg) in configs(master, &node_dbs) {
+    for (name, role, cfg) in configs(master, &node_master, pooled.is_some(), node_dbs) {
         daemons.push(Proc::spawn(exe, &dir, &name, role, &cfg)?);
     }
     let sim_names: Vec<String> = (REAL + 1..=nodes).map(|k| format!("n{k}")).collect();
-    let mut sim = Simulator::start(&master.conninfo("postgres"), &sim_names);
+    let poll = pooled.map(|_| POOLED_POLL);
+    let mut sim = Simulator::start(&node_master, &sim_names, poll);
     let outcome = async {
-        wait_started(&m, &mut sim).await?;
-        let sessions = format!(
-            "select count(distinct application_name) >= {nodes} from pg_stat_activity
-              where application_name like 'pgfan node %'"
-        );
-        rig::until(&m, &sessions, Duration::from_millis(200), LIMIT)
-            .await
-            .context("node sessions on the master")?;
-        let targets: Vec<String> = (1..=REAL).map(|k| format!("n{k}")).collect();
-        let job: i64 = m
-            .query_one("select pgfan.submit($1, 'select 1')", &[&targets.join(",")])
-            .await?
-            .get(0);
-        let state: String = m
-            .query_one("select pgfan.wait($1, '60 s')", &[&job])
-            .await?
-            .get(0);
-        if state != "done" {
-            bail!("warm-up job {job} is {state}");
+        wait_started(m, &mut sim, since).await?;
+        match pooled {
+            // Every node has looked once and beaten; one more poll period makes the cycle.
+            Some(_) => tokio::time::sleep(POOLED_POLL).await,
+            None => settle_direct(ctx, master, m, nodes).await?,
         }
-        for db in ["postgres", "template1"] {
-            rig::connect(&master.conninfo(db))
-                .await?
-                .batch_execute("vacuum analyze")
-                .await?;
-        }
-        backdate_ticks(&m).await?;
-        tokio::time::sleep(Duration::from_secs(ctx.size(60, 5) as u64)).await;
         let mut probe = Probe {
             session: pgfan::db::connect(&master.conninfo("postgres")).await?,
             own: 0,
         };
-        let w = window(ctx, &mut probe, &mut daemons, &mut sim, nodes).await?;
-        Ok::<_, anyhow::Error>(w)
+        window(ctx, &mut probe, &mut daemons, &mut sim, nodes).await
     }
     .await;
     let stopped = sim.stop().await;
@@ -648,8 +725,40 @@ async fn measure(
     }
     let w = outcome.with_context(|| format!("the master's log: {}", log.display()))?;
     stopped?;
-    notes(ctx, &w, &add_ms);
-    Ok(rows(&w, &add_ms))
+    Ok(w)
+}
+
+/// Direct mode's way to a steady idle state: every node session up, a warm-up job to the
+/// real nodes, vacuum, ticks backdated, a settling minute.
+async fn settle_direct(ctx: &Ctx, master: &Cluster, m: &Client, nodes: usize) -> Result<()> {
+    let sessions = format!(
+        "select count(distinct application_name) >= {nodes} from pg_stat_activity
+          where application_name like 'pgfan node %'"
+    );
+    rig::until(m, &sessions, Duration::from_millis(200), LIMIT)
+        .await
+        .context("node sessions on the master")?;
+    let targets: Vec<String> = (1..=REAL).map(|k| format!("n{k}")).collect();
+    let job: i64 = m
+        .query_one("select pgfan.submit($1, 'select 1')", &[&targets.join(",")])
+        .await?
+        .get(0);
+    let state: String = m
+        .query_one("select pgfan.wait($1, '60 s')", &[&job])
+        .await?
+        .get(0);
+    if state != "done" {
+        bail!("warm-up job {job} is {state}");
+    }
+    for db in ["postgres", "template1"] {
+        rig::connect(&master.conninfo(db))
+            .await?
+            .batch_execute("vacuum analyze")
+            .await?;
+    }
+    backdate_ticks(m).await?;
+    tokio::time::sleep(Duration::from_secs(ctx.size(60, 5) as u64)).await;
+    Ok(())
 }
 
 fn notes(ctx: &Ctx, w: &Window, add_ms: &[f64]) {
@@ -770,4 +879,63 @@ fn rows(w: &Window, add_ms: &[f64]) -> Vec<Row> {
             add_ms.iter().sum::<f64>() / 1000.0,
         ),
     ]
+}
+
+fn pooled_notes(ctx: &Ctx, w: &Window) {
+    ctx.note(
+        CASE,
+        format!(
+            "pooled: the same {} nodes through PgBouncer in transaction mode \
+             (default_pool_size {POOL_SIZE}): the {REAL} daemons with pooled = true and \
+             claim_poll_period {POOLED_POLL:?}, the simulated ones without LISTEN at the same \
+             poll; one idle window of {:.1} s after every node had beaten and one more poll \
+             period; master CPU {:.2} % of a core, {:.1} statements/s; most PgBouncer server \
+             connections at a sample (backends named for node daemons): {}",
+            w.nodes, w.secs, w.cpu_pct, w.statements, w.node_sessions_max
+        ),
+    );
+}
+
+fn pooled_rows(w: &Window) -> Vec<Row> {
+    let n = w.nodes;
+    let row = |metric: String, unit: &str, v: f64| {
+        Row::single(CASE, metric, unit, Better::Lower, vec![v])
+    };
+    let tps_goal = POOLED_TPS_GOAL * n as f64 / NODES as f64;
+    let what = |m: &str| {
+        format!(
+            "pooled ({}s poll): {m}, idle fleet of {n}",
+            POOLED_POLL.as_secs()
+        )
+    };
+    let servers = w.node_sessions_max as f64;
+    vec![
+        row(what("PgBouncer server connections"), "connections", servers)
+            .goal(format!("<= {POOL_SIZE}"), servers <= f64::from(POOL_SIZE)),
+        row(what("master CPU"), "% core", w.cpu_pct),
+        row(what("master transactions/s"), "tx/s", w.tps)
+            .goal(format!("<= {tps_goal:.0}/s"), w.tps <= tps_goal),
+    ]
+}
+
+/// Node `name`'s key in the pooled phase.
+fn node_key(name: &str) -> String {
+    format!("{name}-fleet-key-{}", "0123456789abcdef".repeat(2))
+}
+
+/// The pooled daemons' login, and every node's key.
+async fn pool_login(m: &Client) -> Result<()> {
+    m.batch_execute(&format!(
+        "create role {POOL_LOGIN} login; grant pgfan_node to {POOL_LOGIN}"
+    ))
+    .await?;
+    for row in m.query("select node_name from pgfan.node", &[]).await? {
+        let name: String = row.get(0);
+        m.query_one(
+            "select pgfan.node_set_pool_key($1, $2)",
+            &[&name, &node_key(&name)],
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -175,6 +175,10 @@ alter table pgfan.node add constraint node_state_check
     check (state in ('active', 'draining', 'disabled', 'removed'));
 create unique index if not exists node_login_role_idx on pgfan.node (login_role);
 
+-- SHA-256 of the node's key (pgfan.node_set_pool_key): a daemon that sends the key in a
+-- transaction may act as this node whatever its login (pooled daemons share one login).
+alter table pgfan.node add column if not exists pool_key_digest bytea;
+
 -- The pipeline's own queues and their consumers. They tick as soon as they have events
 -- (ticker_max_lag 0): pgfan's ticker notices new events within its poll period, so a task
 -- is not held back by PgQ's default 3 s batching; that is only set when the queue is new,

@@ -75,11 +75,12 @@ async fn beat(master: &Client, cfg: &NodeConfig) -> Result<(), tokio_postgres::E
     // server connections.
     master
         .query_typed(
-            "select pgfan.node_heartbeat($1, $2, $3)",
+            &super::door::keyed("pgfan.node_heartbeat($1, $2, $3)", 4),
             &[
                 (&cfg.name, Type::TEXT),
                 (&workers, Type::INT4),
                 (&crate::VERSION, Type::TEXT),
+                (&super::door::key(cfg), Type::TEXT),
             ],
         )
         .await?;
@@ -108,8 +109,12 @@ async fn cancelled_tasks(
         .lock(&cfg.master)
         .await?
         .query_typed(
-            "select pgfan.cancelled_tasks($1, $2)",
-            &[(&cfg.name, Type::TEXT), (&open, Type::INT8_ARRAY)],
+            &super::door::keyed("pgfan.cancelled_tasks($1, $2)", 3),
+            &[
+                (&cfg.name, Type::TEXT),
+                (&open, Type::INT8_ARRAY),
+                (&super::door::key(cfg), Type::TEXT),
+            ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

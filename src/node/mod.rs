@@ -22,6 +22,7 @@
 
 mod batch;
 pub mod claim;
+pub mod door;
 mod execute;
 pub mod executor;
 mod guard;
@@ -50,7 +51,7 @@ use crate::signals::Control;
 use executor::{Command, Executor};
 
 pub use result::TaskResult;
-pub use settings::NodeConfig;
+pub use settings::{NodeConfig, PoolKey};
 
 /// How long the shipper and heartbeat get to finish after the executor drained.
 const SHIP_GRACE: Duration = Duration::from_secs(10);
@@ -84,6 +85,7 @@ impl Claim {
         opts.poll_period = cfg.claim_poll_period;
         opts.shared = Some(master);
         opts.listen = !cfg.pooled;
+        opts.node_key = cfg.pool_key.as_ref().map(|k| k.expose().to_string());
         // Through the node doors: the node's master login may read only its own queue.
         opts.node = Some(cfg.name.clone());
         let mut handler = claim::ClaimHandler::new(cfg, wake);
@@ -129,8 +131,14 @@ impl Daemon {
         // The daemon's one master session: the claim, the shipper and the heartbeat take
         // turns on it.
         // Named for the node, which is how the master sees the daemon is alive
-        // (pgfan.connected_nodes).
-        let master = SharedSession::named("master", Some(format!("pgfan node {}", cfg.name)));
+        // (pgfan.connected_nodes). Pooled daemons all share one name: PgBouncer sets a
+        // client's application_name on the server connection it lends whenever it differs
+        // (a statement, a transaction), and their liveness is their heartbeat anyway.
+        let session_name = match cfg.pooled {
+            true => "pgfan pooled node".to_string(),
+            false => format!("pgfan node {}", cfg.name),
+        };
+        let master = SharedSession::named("master", Some(session_name));
         let claim = Claim::start(&cfg, master.clone(), claim_wake.clone());
         let (cfg, cfg_rx) = watch::channel(Arc::new(cfg));
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -206,7 +214,8 @@ impl Daemon {
         // heartbeat share, which follow the configuration's address.
         let restart_claim = new.claim_poll_period != old.claim_poll_period
             || new.master != old.master
-            || new.pooled != old.pooled;
+            || new.pooled != old.pooled
+            || new.pool_key != old.pool_key;
         self.cfg.send_replace(Arc::new(new.clone()));
         if restart_claim {
             if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {

@@ -11,6 +11,27 @@ use serde::Deserialize;
 
 use crate::config::{self, ConfigError};
 
+/// A node's key for the master's doors; never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct PoolKey(String);
+
+impl PoolKey {
+    pub fn new(key: impl Into<String>) -> PoolKey {
+        PoolKey(key.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolKey(..)")
+    }
+}
+
 /// Settings of one node daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +85,13 @@ pub struct NodeConfig {
     /// node's heartbeat, so it is the one transaction an idle node costs. Default false.
     #[serde(default)]
     pub pooled: bool,
+    /// The node's key on the master (`pgfan.node_set_pool_key`), sent with every master
+    /// transaction: behind PgBouncer the daemons of a fleet share one server login (one
+    /// pool), and the key is what lets this daemon act as its node and as no other. At
+    /// least 32 characters; keep the file readable by the daemon only. Default: none (the
+    /// login decides, `pgfan.node_set_login`).
+    #[serde(default)]
+    pub pool_key: Option<PoolKey>,
     /// How often the node writes its heartbeat (workers, version) on the master. Its
     /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
     /// idle node costs the master one write a period (and the claim's looks refresh it).
@@ -149,6 +177,7 @@ impl NodeConfig {
             poll_period: default_poll_period(),
             claim_poll_period: default_claim_poll_period(),
             pooled: false,
+            pool_key: None,
             heartbeat_period: default_heartbeat_period(),
             stop_timeout: default_stop_timeout(),
             metrics_listen: None,
@@ -187,6 +216,13 @@ impl NodeConfig {
                     "task_role {role:?} must be a role name of 1-63 bytes"
                 ));
             }
+        }
+        if self
+            .pool_key
+            .as_ref()
+            .is_some_and(|k| k.expose().len() < 32)
+        {
+            return Err("pool_key must have at least 32 characters".into());
         }
         if self.workers == 0 || self.workers > 1000 {
             return Err("workers must be between 1 and 1000".into());

@@ -62,6 +62,8 @@ select t.task_id, t.job_id::text,
 struct Sessions<'a> {
     master: &'a SharedSession,
     master_conninfo: String,
+    /// The node's key for the doors (empty: the login decides).
+    key: String,
     node: Client,
 }
 
@@ -119,6 +121,7 @@ async fn sweep(
         let mut s = Sessions {
             master,
             master_conninfo: cfg.master.clone(),
+            key: super::door::key(&cfg).to_string(),
             node: client,
         };
         let round = ship_round(&mut s, &cfg.name).await?;
@@ -171,12 +174,13 @@ async fn ship_round(s: &mut Sessions<'_>, node_name: &str) -> Result<Round, toki
         .lock(&s.master_conninfo)
         .await?
         .query_typed_one(
-            "select pgfan.node_ship_batch($1, $2, $3, $4)",
+            &super::door::keyed("pgfan.node_ship_batch($1, $2, $3, $4)", 5),
             &[
                 (&node_name, Type::TEXT),
                 (&ids, Type::INT8_ARRAY),
                 (&job_ids, Type::TEXT_ARRAY),
                 (&results, Type::TEXT_ARRAY),
+                (&s.key, Type::TEXT),
             ],
         )
         .await?;

@@ -29,7 +29,7 @@ begin
                                 'or cancel their jobs (pgfan.cancel(job_id)); then remove it',
                                 i_node_name);
     end if;
-    update pgfan.node set state = 'removed', login_role = null
+    update pgfan.node set state = 'removed', login_role = null, pool_key_digest = null
      where node_name = i_node_name;
     perform pgfan.rebalance_partitions();
     if exists (select 1 from pgfan.partition where node_name = i_node_name) then

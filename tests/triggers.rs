@@ -274,6 +274,14 @@ const PLAIN_SETUP: &[&str] = &[
     "create trigger k before insert on sk for each row execute procedure pgq.logutriga('trg', 'backup', 'SKIP')",
     "create table r (a int primary key)",
     "create trigger x after insert on r for each row execute procedure pgq.logutriga('trg', 'SKIP')",
+    // Text keys and values around the splitting of the row's text form with string
+    // functions (quotes, commas, backslashes, the bytes 0x01 and 0x03, empty strings);
+    // logutriga's updates take the common case too when the key prints exactly.
+    "create table w (k text primary key, a text, b text, n int)",
+    "create trigger l after insert or update or delete on w for each row execute procedure pgq.logutriga('trg', 'backup')",
+    "create trigger s after insert or update or delete on w for each row execute procedure pgq.sqltriga('trg')",
+    "create table wn (k numeric primary key, a text)",
+    "create trigger l after insert or update or delete on wn for each row execute procedure pgq.logutriga('trg')",
 ];
 
 fn plain_script() -> Vec<String> {
@@ -317,6 +325,22 @@ fn plain_script() -> Vec<String> {
         "insert into sk values (1, 'a b')".into(),
         "table sk".into(),
     ];
+    s.extend(owned(&[
+        r#"insert into w values ('k 1', 'a\b', 'x(y) z', 1), (E'k\\2', E'tab\there', '50% off+1:2', null),
+            ('k''3', 'ü€', 'a/b@c', 3), ('k4', 'a,b', 'q\"r', 4), ('k5', E'\x03x', null, 5),
+            ('k6', E'\x01', 'x', 6), ('k7', '', null, null), ('k8', null, null, null), ('(k9)', '\\', ' ', -9)"#,
+        "update w set a = 'new val:1' where k = 'k 1'",
+        "update w set b = 'c,d' where k = 'k5'",
+        "update w set n = n + 1",
+        "update w set k = 'moved' where k = 'k8'",
+        "update w set k = k where k = 'k8'",
+        r"delete from w where k in ('k 1', E'k\\2', 'k''3', '(k9)')",
+        "delete from w",
+        "insert into wn values (1.0, 'a'), (2, 'b')",
+        "update wn set k = 1.00 where k = 1",
+        "update wn set k = 3 where k = 2",
+        "delete from wn",
+    ]));
     // several rows in one statement, a statement per row, and both in one transaction
     s.push("insert into q select g, 'r' || g from generate_series(1, 3) g".into());
     s.push("begin".into());

@@ -3,12 +3,15 @@
 -- kept in the session, so that pgq._pgfan_trigger_row queues most rows without a query of
 -- its own.
 --
--- Kept in a custom setting (pgq_trg.r<table oid>) as a text array:
+-- Kept in a custom setting (pgq_trg.r<table oid>) as text, the items joined by the byte 0x01
+-- (splitting that costs a fraction of reading an array literal; names holding it are not
+-- the common case, and nothing after [2] is used then); returned as an array:
 --   [1] the statement it is valid for (statement_timestamp() and the transaction id):
 --       SQL sees no relation-cache invalidation, and a table cannot change under a running
 --       statement, so a new statement reads the catalog again
 --   [2] 't' when the common case applies: columns exist, none is a _pgq_ev_* column, no
---       column name has a comma or white space (key columns are then plainly the key's)
+--       column name has a comma, white space or 0x01 (key columns are then plainly the
+--       key's)
 --   [3] the primary key's columns as a comma list ('' without one)
 --   [4] per column how its output text is read from the row as jsonb (to_jsonb, no
 --       statement): j as is (the type's output), b bool, f/g float4/float8 (read back,
@@ -18,6 +21,8 @@
 --   [6] logutriga's ev_data as a format() string: name%1$s&name%2$s..., names urlencoded
 --   [7] sqltriga's INSERT prefix: (col,...) values (
 --   [8] the key columns' positions, an array literal
+--   [9] 't' when every key column's type prints exactly (equal values, equal text), so
+--       that an UPDATE changed the key when it changed the key's text
 -- Setting values are session state any user can set, so nothing here is ever run as SQL.
 create or replace function pgq._pgfan_trigger_meta(p_relid oid, p_stamp text)
 returns text[] as $$
@@ -59,7 +64,8 @@ begin
     v_meta := array[
         p_stamp,
         case when array_length(v_names, 1) > 0
-                  and not exists (select 1 from unnest(v_names) n where n like '\_pgq\_ev\_%' or n ~ '[,[:space:]]')
+                  and not exists (select 1 from unnest(v_names) n
+                              where n like '\_pgq\_ev\_%' or n ~ '[,[:space:]]' or strpos(n, chr(1)) > 0)
              then 't' else 'f' end,
         array_to_string(v_pkey, ','),
         v_kinds,
@@ -69,8 +75,11 @@ begin
         '(' || (select coalesce(string_agg(quote_ident(n), ',' order by i), '')
                   from unnest(v_names) with ordinality u(n, i)) || ') values (',
         (select coalesce(array_agg(i order by i), '{}')
-           from unnest(v_names) with ordinality u(n, i) where n = any(v_pkey))::text];
-    perform set_config('pgq_trg.r' || p_relid, v_meta::text, false);
+           from unnest(v_names) with ordinality u(n, i) where n = any(v_pkey))::text,
+        (select case when coalesce(bool_and(t in (16, 17, 18, 19, 20, 21, 23, 25, 26, 1043, 1082, 1083, 1114, 1184, 2950)), false)
+                     then 't' else 'f' end
+           from unnest(v_names, v_types) u(n, t) where n = any(v_pkey))];
+    perform set_config('pgq_trg.r' || p_relid, array_to_string(v_meta, chr(1)), false);
     return v_meta;
 end;
 $$ language plpgsql;

@@ -328,7 +328,8 @@ fn plain_script() -> Vec<String> {
     s.extend(owned(&[
         r#"insert into w values ('k 1', 'a\b', 'x(y) z', 1), (E'k\\2', E'tab\there', '50% off+1:2', null),
             ('k''3', 'ü€', 'a/b@c', 3), ('k4', 'a,b', 'q\"r', 4), ('k5', E'\x03x', null, 5),
-            ('k6', E'\x01', 'x', 6), ('k7', '', null, null), ('k8', null, null, null), ('(k9)', '\\', ' ', -9)"#,
+            ('k6', E'\x01', 'x', 6), ('k7', '', null, null), ('k8', null, null, null), ('(k9)', '\\', ' ', -9),
+            ('k,10', '(1,2)', 'y, z', 10)"#,
         "update w set a = 'new val:1' where k = 'k 1'",
         "update w set b = 'c,d' where k = 'k5'",
         "update w set n = n + 1",

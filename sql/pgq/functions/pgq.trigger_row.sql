@@ -47,6 +47,7 @@ declare
     v_txt text;
     v_s text;
     v_n integer;
+    v_fields integer;
     v_args text[];
     v_vals text[];
     v_data text;
@@ -96,15 +97,26 @@ begin
             -- replacing or splitting costs microseconds). A field is quoted when it is empty
             -- or holds quotes, backslashes, parentheses, commas or white space, with " and \
             -- doubled inside. Without "" in the text (no empty string, no quote in a value),
-            -- removing every quote and halving the backslashes leaves the values separated
-            -- by commas, NULL as nothing; a value holding a comma shows as a field too many.
-            -- The byte 0x01 is then free as a marker. An UPDATE splits both rows at once,
-            -- the new one first.
-            if strpos(v_txt, '""') = 0 and strpos(v_txt, E'\1') = 0 then
+            -- the quotes alternate between opening and closing a value, so removing them all
+            -- and halving the backslashes leaves the values separated by commas, NULL as
+            -- nothing, once commas inside quotes are told apart (as 0x02, a comma again in
+            -- the event). The bytes 0x01 and 0x02 are then free as markers. An UPDATE splits
+            -- both rows at once, the new one first. With the jsonb passed, this has failed.
+            if p_jnew is null and p_jold is null and strpos(v_txt, '""') = 0 and strpos(v_txt, E'\1') = 0 then
                 if p_op = 'UPDATE' then
                     v_s := substr(p_new, 2, length(p_new) - 2) || ',' || substr(p_old, 2, length(p_old) - 2);
+                    v_fields := 2 * v_n;
                 else
                     v_s := substr(v_txt, 2, length(v_txt) - 2);
+                    v_fields := v_n;
+                end if;
+                if length(v_s) - length(replace(v_s, ',', '')) >= v_fields and strpos(v_txt, E'\2') = 0 then
+                    -- more commas than separators
+                    v_split := string_to_array(v_s, '"');
+                    for i in 2 .. array_length(v_split, 1) by 2 loop
+                        v_split[i] := replace(v_split[i], ',', E'\2');
+                    end loop;
+                    v_s := array_to_string(v_split, '');
                 end if;
                 -- (E'' strings read the same whatever standard_conforming_strings says)
                 v_s := replace(replace(v_s, '"', ''), E'\\\\', E'\\');
@@ -113,11 +125,12 @@ begin
                     -- common characters allow replacements instead); each value then
                     -- '=value', a NULL '=' read as NULL, which format() prints as nothing
                     v_args := string_to_array(
-                        '=' || case when v_s ~ '^[-._0-9A-Za-z :+,]*$'
-                                    then replace(replace(replace(replace(v_s, '+', '%2b'), ':', '%3a'), ' ', '+'), ',', ',=')
-                                    else replace(pgq._pgfan_urlencode(v_s), '%2c', ',=') end,
+                        '=' || case when v_s ~ E'^[-._0-9A-Za-z :+,\2]*$'
+                                    then replace(replace(replace(replace(replace(v_s, '+', '%2b'), ':', '%3a'), ' ', '+'), ',', ',='),
+                                                 E'\2', '%2c')
+                                    else replace(replace(pgq._pgfan_urlencode(v_s), '%2c', ',='), '%02', '%2c') end,
                         ',', '=');
-                    if array_length(v_args, 1) = (case when p_op = 'UPDATE' then 2 * v_n else v_n end) then
+                    if array_length(v_args, 1) = v_fields then
                         if p_op = 'UPDATE' then
                             -- the same encoding of the same text is the same value
                             foreach k in array v_meta[8]::integer[] loop
@@ -139,7 +152,9 @@ begin
                     if strpos(v_s, E'\\') = 0 then
                         v_args := string_to_array(replace(v_s, '''', ''''''), ',', '');
                         if array_length(v_args, 1) = v_n then
-                            v_data := v_meta[7] || replace('''' || array_to_string(v_args, ''',''', E'\1') || '''', E'''\1''', 'null')
+                            v_data := v_meta[7]
+                                      || replace(replace('''' || array_to_string(v_args, ''',''', E'\1') || '''', E'''\1''', 'null'),
+                                                 E'\2', ',')
                                       || ')';
                         end if;
                     end if;
@@ -147,6 +162,10 @@ begin
                     v_vals := string_to_array(v_s, ',', '');
                     if array_length(v_vals, 1) is distinct from v_n then
                         v_vals := null;
+                    elsif strpos(v_s, E'\2') > 0 then
+                        foreach k in array v_meta[8]::integer[] loop
+                            v_vals[k] := replace(v_vals[k], E'\2', ',');
+                        end loop;
                     end if;
                 end if;
             end if;
@@ -197,6 +216,9 @@ begin
                         v_val := v_vals[c];
                         v_args[c] := case when v_val is null then ''
                                           when v_val ~ '^[-._0-9A-Za-z]*$' then '=' || v_val
+                                          -- names, times: spaces, colons, signs
+                                          when v_val ~ '^[-._0-9A-Za-z :+]*$' then
+                                              '=' || replace(replace(replace(v_val, '+', '%2b'), ':', '%3a'), ' ', '+')
                                           else '=' || pgq._pgfan_urlencode(v_val) end;
                     end loop;
                     v_data := format(v_meta[6], variadic v_args);

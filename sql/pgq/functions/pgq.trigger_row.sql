@@ -174,8 +174,8 @@ begin
 
             -- The other rows: the values from the row as jsonb, where that gives the type's
             -- output text, else from the row's text form, split by a query. The trigger
-            -- passes the jsonb only when asked to ('J'), as building it costs more than
-            -- the common case saves.
+            -- passes the jsonb only when asked to ('J'): building it for every row would
+            -- cost the rows above about a tenth of their time.
             if v_data is null and v_vals is null then
                 v_j := case when p_op = 'INSERT' then p_jnew else p_jold end;
                 if v_j is null then

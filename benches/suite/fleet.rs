@@ -890,8 +890,18 @@ fn pooled_notes(ctx: &Ctx, w: &Window) {
              claim_poll_period {POOLED_POLL:?}, the simulated ones without LISTEN at the same \
              poll; one idle window of {:.1} s after every node had beaten and one more poll \
              period; master CPU {:.2} % of a core, {:.1} statements/s; most PgBouncer server \
-             connections at a sample (backends named for node daemons): {}",
-            w.nodes, w.secs, w.cpu_pct, w.statements, w.node_sessions_max
+             connections at a sample (backends named for node daemons): {}; statements by \
+             calls: {}",
+            w.nodes,
+            w.secs,
+            w.cpu_pct,
+            w.statements,
+            w.node_sessions_max,
+            w.top
+                .iter()
+                .map(|(r, q)| format!("{r:.2}/s {q}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
         ),
     );
 }

@@ -23,6 +23,14 @@
 //!   `heartbeat_period` (the daemon's default), each node's second beat at its own point of
 //!   the first period (golden-ratio spread), so that the beats do not come in step.
 //!
+//! A second phase, pooled: the same fleet through PgBouncer in transaction mode (Debian's,
+//! `default_pool_size` 50), the daemons with `pooled = true`, a 20 s `claim_poll_period`,
+//! one shared login bound to no node and each node's key (`pgfan.node_set_pool_key`); the
+//! simulated ones without LISTEN and one heartbeat at start, as a pooled daemon (its looks
+//! refresh the heartbeat). The window starts after every node has beaten and one more poll
+//! period; it reports PgBouncer's server connections in use (the backends named `pgfan
+//! pooled node`), transactions/s and CPU.
+//!
 //! An idle daemon asks about cancellations and ships results only while it has tasks: the
 //! simulator does neither. `--quick`: 200 nodes (180 simulated).
 //!
@@ -169,7 +177,9 @@ impl Simulator {
                 consumer::run(&opts, &mut handler, stop).await?;
                 Ok(())
             });
-            let when = (start + FIRST_BEAT, phase(i + 1, heartbeat), heartbeat);
+            // Pooled, as the daemon: one beat at start, then the looks refresh it.
+            let period = pooled.is_none().then_some(heartbeat);
+            let when = (start + FIRST_BEAT, phase(i + 1, heartbeat), period);
             let key = pooled.map_or(String::new(), |_| node_key(name));
             let who = (conninfo, name.clone(), key);
             tasks.spawn(beat(session, who, when, stop_rx.clone()));
@@ -201,11 +211,11 @@ impl Simulator {
 }
 
 /// A simulated node's heartbeat on its shared master session: after `first`, again
-/// `second` later, then every `period`, until stopped.
+/// `second` later, then every `period` (None: only the first), until stopped.
 async fn beat(
     session: std::sync::Arc<SharedSession>,
     (conninfo, node, key): (String, String, String),
-    (first, second, period): (Duration, Duration, Duration),
+    (first, second, period): (Duration, Duration, Option<Duration>),
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let (mut next, mut gap) = (tokio::time::Instant::now() + first, second);
@@ -231,7 +241,13 @@ async fn beat(
                 .await
         };
         match done.await {
-            Ok(_) => (next, gap) = (next + gap, period),
+            Ok(_) => match period {
+                Some(period) => (next, gap) = (next + gap, period),
+                None => {
+                    let _ = stop.changed().await;
+                    return Ok(());
+                }
+            },
             // As a daemon does, it tries again (here a second later); counted in the notes.
             Err(e) => {
                 if BEAT_ERRORS.fetch_add(1, Ordering::Relaxed) == 0 {

@@ -27,11 +27,14 @@ pub async fn run(
     let name = cfg.borrow().name.clone();
     let mut outage = Outage::new("node heartbeat", name);
     let mut node: Option<Client> = None;
-    let mut next_beat = Instant::now();
+    let mut beats = Beats {
+        next: Instant::now(),
+        reported: None,
+    };
     loop {
         let current = cfg.borrow().clone();
         let mut pause = current.poll_period;
-        match round(&current, &master, &mut node, &mut next_beat, &executor).await {
+        match round(&current, &master, &mut node, &mut beats, &executor).await {
             Ok(()) => outage.recovered(),
             Err(err) => {
                 node = None;
@@ -48,7 +51,7 @@ async fn round(
     cfg: &NodeConfig,
     master: &SharedSession,
     node: &mut Option<Client>,
-    next_beat: &mut Instant,
+    beats: &mut Beats,
     executor: &mpsc::UnboundedSender<Command>,
 ) -> Result<(), tokio_postgres::Error> {
     let client = match node.take() {
@@ -61,11 +64,31 @@ async fn round(
         // The executor is gone only when the daemon is stopping.
         let _ = executor.send(Command::Cancel(cancelled));
     }
-    if Instant::now() >= *next_beat {
+    if beats.due(cfg) {
         beat(&*master.lock(&cfg.master).await?, cfg).await?;
-        *next_beat = Instant::now() + cfg.heartbeat_period;
+        beats.next = Instant::now() + cfg.heartbeat_period;
+        beats.reported = Some(cfg.workers);
     }
     Ok(())
+}
+
+/// When a heartbeat is due.
+struct Beats {
+    next: Instant,
+    /// The workers the last beat reported.
+    reported: Option<usize>,
+}
+
+impl Beats {
+    /// Every `heartbeat_period`; but a pooled daemon whose claim looks at least as often
+    /// beats only at start and when what it reports changed: each look refreshes the
+    /// heartbeat, and a beat more would cost every idle node a second transaction.
+    fn due(&self, cfg: &NodeConfig) -> bool {
+        if cfg.pooled && cfg.claim_poll_period <= cfg.heartbeat_period {
+            return self.reported != Some(cfg.workers);
+        }
+        Instant::now() >= self.next
+    }
 }
 
 async fn beat(master: &Client, cfg: &NodeConfig) -> Result<(), tokio_postgres::Error> {
@@ -118,4 +141,37 @@ async fn cancelled_tasks(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_pooled_daemon_beats_at_start_and_when_its_report_changes() {
+        let mut cfg = NodeConfig::new("n1", "", "");
+        let later = Instant::now() + Duration::from_secs(3600);
+        let fresh = Beats {
+            next: later,
+            reported: None,
+        };
+        let beaten = Beats {
+            next: Instant::now(),
+            reported: Some(cfg.workers),
+        };
+        // Direct: by the period alone.
+        assert!(!fresh.due(&cfg));
+        assert!(beaten.due(&cfg));
+        cfg.pooled = true;
+        assert!(fresh.due(&cfg), "the first beat");
+        assert!(!beaten.due(&cfg), "the looks refresh it");
+        cfg.workers += 1;
+        assert!(beaten.due(&cfg), "a reload changed the workers");
+        // Looks rarer than beats: the period again.
+        cfg.workers -= 1;
+        cfg.claim_poll_period = cfg.heartbeat_period * 2;
+        assert!(beaten.due(&cfg));
+    }
 }

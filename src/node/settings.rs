@@ -95,7 +95,8 @@ pub struct NodeConfig {
     /// How often the node writes its heartbeat (workers, version) on the master. Its
     /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
     /// idle node costs the master one write a period (and the claim's looks refresh it).
-    /// Default 5 min.
+    /// Pooled, with `claim_poll_period` no longer than this, the looks are its heartbeat:
+    /// it beats at start and when `workers` changes only. Default 5 min.
     #[serde(
         default = "default_heartbeat_period",
         deserialize_with = "config::duration"

@@ -182,21 +182,16 @@ pub async fn run<H: BatchHandler>(
     let mut outage = Outage::new("consumer", format!("{}/{}", opts.queue, opts.consumer));
     let mut finished = 0;
     loop {
-        let name = opts.shared.as_ref().and_then(|s| s.application_name());
-        let err = match db::connect_named(opts.role, &opts.conninfo, name).await {
-            Ok(Session {
-                client,
-                mut messages,
-            }) => {
+        let session = opts
+            .shared
+            .clone()
+            .unwrap_or_else(|| SharedSession::new(opts.role));
+        let err = match open(opts, &session).await {
+            Ok(mut messages) => {
                 let progress = Progress {
                     finished: &mut finished,
                     outage: &mut outage,
                 };
-                let session = opts
-                    .shared
-                    .clone()
-                    .unwrap_or_else(|| SharedSession::new(opts.role));
-                session.install(&opts.conninfo, client).await;
                 let ended =
                     session_loop(opts, handler, &session, &mut messages, &mut stop, progress);
                 match ended.await {
@@ -224,6 +219,21 @@ pub async fn run<H: BatchHandler>(
             return Ok(finished);
         }
     }
+}
+
+/// The consumer's session with its notifications: the shared one if another part of the
+/// daemon opened it and nobody listens on it yet, else a new one, installed for all.
+async fn open(
+    opts: &ConsumerOptions,
+    session: &SharedSession,
+) -> Result<mpsc::UnboundedReceiver<AsyncMessage>, tokio_postgres::Error> {
+    if let Some(messages) = session.adopt(&opts.conninfo).await {
+        return Ok(messages);
+    }
+    let Session { client, messages } =
+        db::connect_named(opts.role, &opts.conninfo, session.application_name()).await?;
+    session.install(&opts.conninfo, client).await;
+    Ok(messages)
 }
 
 /// The database error behind a handler error, if any.

@@ -385,7 +385,15 @@ pub fn endpoint(conninfo: &str) -> String {
 pub struct SharedSession {
     role: &'static str,
     application_name: Option<String>,
-    slot: tokio::sync::Mutex<Option<(String, Client)>>,
+    slot: tokio::sync::Mutex<Option<Slot>>,
+}
+
+/// The open session of a [`SharedSession`]: its connection string, its client, and its
+/// notifications until a part adopts them ([`SharedSession::adopt`]).
+struct Slot {
+    conninfo: String,
+    client: Client,
+    messages: Option<mpsc::UnboundedReceiver<AsyncMessage>>,
 }
 
 impl std::fmt::Debug for SharedSession {
@@ -428,16 +436,31 @@ impl SharedSession {
     pub async fn lock(&self, conninfo: &str) -> Result<SharedGuard<'_>, tokio_postgres::Error> {
         let mut slot = self.slot.lock().await;
         let entry = match slot.take() {
-            Some((to, c)) if to == conninfo && !c.is_closed() => (to, c),
+            Some(s) if s.conninfo == conninfo && !s.client.is_closed() => s,
             _ => {
                 let name = self.application_name.as_deref();
                 let session = connect_named(self.role, conninfo, name).await?;
-                (conninfo.to_string(), session.client)
+                Slot {
+                    conninfo: conninfo.to_string(),
+                    client: session.client,
+                    messages: Some(session.messages),
+                }
             }
         };
         Ok(tokio::sync::MutexGuard::map(slot, |s| {
-            &mut s.insert(entry).1
+            &mut s.insert(entry).client
         }))
+    }
+
+    /// The notifications of the open session to `conninfo`, if no part has taken them yet:
+    /// a part that LISTENs (the claim) adopts the session another part opened first,
+    /// instead of opening a second one beside it.
+    pub async fn adopt(&self, conninfo: &str) -> Option<mpsc::UnboundedReceiver<AsyncMessage>> {
+        let mut slot = self.slot.lock().await;
+        match slot.as_mut() {
+            Some(s) if s.conninfo == conninfo && !s.client.is_closed() => s.messages.take(),
+            _ => None,
+        }
     }
 
     /// Closes the session (the next [`SharedSession::lock`] opens a new one).
@@ -448,7 +471,11 @@ impl SharedSession {
     /// Makes `client`, opened to `conninfo`, the shared session (the one it replaces is
     /// closed once the part using it, if any, lets go).
     pub async fn install(&self, conninfo: &str, client: Client) {
-        *self.slot.lock().await = Some((conninfo.to_string(), client));
+        *self.slot.lock().await = Some(Slot {
+            conninfo: conninfo.to_string(),
+            client,
+            messages: None,
+        });
     }
 }
 

@@ -608,6 +608,42 @@ async fn a_second_daemon_for_the_same_node_waits_as_a_standby() {
 /// A node daemon needs one master connection: its claim, its shipper and its heartbeat
 /// take turns on it (issue 14's connection budget). Terminated, it is opened again, and
 /// still only one remains.
+/// The part of a daemon that LISTENs adopts the shared session another part opened
+/// first, with its notifications, instead of opening a second one beside it.
+#[tokio::test]
+async fn a_listening_part_adopts_the_shared_session_another_part_opened() {
+    let db = TestDb::new(common::Backend::Bundled).await;
+    let app = format!("pgfan_test_adopt_{}", db.name);
+    let conninfo = format!("{} application_name={app}", db.conninfo);
+    let shared = pgfan::db::SharedSession::new("master");
+    // The heartbeat, say, comes first and opens it.
+    shared
+        .lock(&conninfo)
+        .await
+        .unwrap()
+        .batch_execute("listen adopt_test")
+        .await
+        .unwrap();
+    let mut messages = shared
+        .adopt(&conninfo)
+        .await
+        .expect("the open session's notifications");
+    assert!(shared.adopt(&conninfo).await.is_none(), "adopted once");
+    let m = db.connect().await;
+    m.batch_execute("notify adopt_test, 'hello'").await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .expect("a notification in time")
+        .expect("the channel is open");
+    match msg {
+        tokio_postgres::AsyncMessage::Notification(n) => assert_eq!(n.payload(), "hello"),
+        other => panic!("not a notification: {other:?}"),
+    }
+    let count = format!("select count(*) from pg_stat_activity where application_name = '{app}'");
+    let n: i64 = m.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
 #[tokio::test]
 async fn the_daemon_holds_one_master_session_and_reopens_it() {
     let env = Env::new("n_one").await;

@@ -97,9 +97,8 @@ fn periods() -> (Duration, Duration) {
 }
 /// Simulated nodes start this far apart (980 connections in ~20 s, not at once).
 const SIM_START_GAP: Duration = Duration::from_millis(20);
-/// A simulated node's first beat comes this long after its claim started: the heartbeat
-/// finds the claim's session instead of opening one of its own (as a daemon's may do at
-/// start, briefly), which 980 nodes starting on a busy machine would do at once.
+/// A simulated node's first beat comes this long after its claim started, so that the
+/// fleet's first beats do not all meet its first looks.
 const FIRST_BEAT: Duration = Duration::from_secs(5);
 const CPU_GOAL_PCT: f64 = 5.0;
 /// Pooled mode: PgBouncer's server connections to the master (the goal's bound) and the

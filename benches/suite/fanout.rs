@@ -25,6 +25,10 @@
 //! database of the same cluster that no ticker watches. Per-node overhead: (time at 1,000
 //! nodes - time at 1 node) / 999 for each run, median. One warm-up job per step, then `--runs` jobs, 300 ms apart so the
 //! ticker has ticked the previous job's pull queues.
+//! `--profile` prints the master's top statements (pg_stat_statements, nested ones included)
+//! over the measured runs at 1,000 nodes: what the routing transaction is made of, and what
+//! ran beside it. Tracking every nested statement (1,000 different INSERTs a job) slows
+//! the routing itself, so a `--profile` run's times are not comparable with a plain run's.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -242,6 +246,15 @@ async fn measure(ctx: &Ctx, mut pipe: Pipeline, nodes: &Cluster) -> Result<Vec<R
         registered = n;
         pipe.wait_started().await?;
         watch.route(n).await.context("warm-up")?;
+        let profiled = ctx.profile && n == STEPS[STEPS.len() - 1];
+        if profiled {
+            master
+                .batch_execute(
+                    "create extension if not exists pg_stat_statements;
+                     select pg_stat_statements_reset()",
+                )
+                .await?;
+        }
         let (mut r, mut x) = (Vec::new(), Vec::new());
         for _ in 0..ctx.runs {
             tokio::time::sleep(PAUSE).await;
@@ -249,6 +262,15 @@ async fn measure(ctx: &Ctx, mut pipe: Pipeline, nodes: &Cluster) -> Result<Vec<R
             r.push(routed.route_ms);
             x.push(routed.tx_ms);
             last_job = routed.job;
+        }
+        if profiled {
+            // Where the master's time went during the measured runs, the relay's routing
+            // statements and whatever ran beside them (the ticker's rounds, for one).
+            println!(
+                "  {n} nodes, {} runs: the master's top statements (nested included)\n{}",
+                ctx.runs,
+                rig::top_statements(&pipe.master_conninfo(), 15).await?
+            );
         }
         route.push(r);
         tx.push(x);

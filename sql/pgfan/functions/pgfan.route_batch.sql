@@ -13,6 +13,12 @@
 -- event instead, where each problem is told apart: a job in another state, nothing to
 -- run, a target that resolves to no node, a raw event whose job exists already, and
 -- every "any" target (its choice depends on the tasks routed just before it).
+-- The pull events are written by one pgq._pgfan_insert_events call when the bundled core
+-- is installed: at 1,000 nodes a pgfan.enqueue per event (a PL/pgSQL call, a queue
+-- look-up and, past the 256 queues the generated insert_event covers, a dynamic INSERT
+-- with its helpers) was nine tenths of this function's time (pg_stat_user_functions,
+-- issue 14). With the PgQ extension, whose insert_event is C, pgfan.queue_tasks writes
+-- them as before.
 -- route_events stays for relays of the previous version, whose nodes may not read
 -- `tasks` events yet (docs/pipeline.md, "Upgrading").
 -- SECURITY DEFINER: the relay's door (pgfan_relay needs no right on pgfan's tables or
@@ -28,6 +34,11 @@ returns bigint[] as $$
 declare
     v_bad text;
     t record;
+    -- Whether the bundled core's bulk insert is there (not with the PgQ extension) and
+    -- ours to call (it is owner-only; a core installed by another role keeps the old way).
+    v_bulk boolean := coalesce(has_function_privilege(
+        to_regprocedure('pgq._pgfan_insert_events(text[], text[], text[], text[], text[],'
+                        ' text[], text[])'), 'execute'), false);
 begin
     if 'any' = any(i_targets) then
         raise exception 'pgfan: target any is routed event by event';
@@ -127,30 +138,58 @@ begin
         update pgfan.job j
            set state = 'running', n_tasks = r.n_tasks, routed_at = now()
           from routed r
-         where j.job_id = r.job and r.job is not null)
+         where j.job_id = r.job and r.job is not null),
+    -- The pull events as pgfan.queue_tasks makes them (its chunks of 4 MiB, its data, its
+    -- order), made here from the new rows themselves: the bundled core's path below
+    -- needs no task arrays.
+    pulls as (
+        select nd.queue_name, x.chunk,
+               json_agg(json_build_object('task', x.task_id, 'job', x.job_id, 'kind', x.kind,
+                                          'data', x.payload, 'lane', x.lane,
+                                          'options', nullif(x.options, ''))
+                        order by x.task_id)::text as data
+          from (select m.*,
+                       coalesce(sum(octet_length(m.payload)) over w, 0) / 4194304 as chunk
+                  from made m
+                window w as (partition by m.node_name order by m.task_id
+                             rows between unbounded preceding and 1 preceding)) x
+          join pgfan.node nd on nd.node_name = x.node_name
+         group by nd.queue_name, x.chunk)
     select (select count(*) from counted where n_tasks = 0) as empty,
            (select count(*) from counted where n_tasks > 0)
                - (select count(*) from routed) as existing,
            (select array_agg(coalesce(u.job, r.job_id) order by u.n)
               from unnest(i_ev_ids, i_jobs) with ordinality u(ev_id, job, n)
               left join routed r on r.n = u.n) as jobs,
-           array_agg(m.node_name order by m.task_id) as nodes,
-           array_agg(m.task_id order by m.task_id) as tasks,
-           array_agg(m.job_id order by m.task_id) as task_jobs,
-           array_agg(m.kind order by m.task_id) as kinds,
-           array_agg(m.payload order by m.task_id) as payloads,
-           array_agg(m.lane order by m.task_id) as lanes,
-           array_agg(m.options order by m.task_id) as options
-      into t
-      from made m;
+           (select array_agg(m.node_name order by m.task_id) from made m where not v_bulk) as nodes,
+           (select array_agg(m.task_id order by m.task_id) from made m where not v_bulk) as tasks,
+           (select array_agg(m.job_id order by m.task_id) from made m where not v_bulk) as task_jobs,
+           (select array_agg(m.kind order by m.task_id) from made m where not v_bulk) as kinds,
+           (select array_agg(m.payload order by m.task_id) from made m where not v_bulk) as payloads,
+           (select array_agg(m.lane order by m.task_id) from made m where not v_bulk) as lanes,
+           (select array_agg(m.options order by m.task_id) from made m where not v_bulk) as options,
+           (select array_agg(p.queue_name order by p.queue_name, p.chunk) from pulls p where v_bulk)
+               as queues,
+           (select array_agg(p.data order by p.queue_name, p.chunk) from pulls p where v_bulk)
+               as data
+      into t;
     if t.empty > 0 then
         raise exception 'pgfan: a target of the batch resolves to no node';
     elsif t.existing > 0 then
         raise exception 'pgfan: a raw event of the batch has a job already';
     end if;
     if t.tasks is not null then
+        -- The PgQ extension: its insert_event (C) costs about what a bulk write would.
         perform pgfan.queue_tasks(t.nodes, t.tasks, t.task_jobs, t.kinds, t.payloads,
                                   t.lanes, t.options);
+    elsif t.queues is not null then
+        -- The bundled core: one bulk call instead of a pgfan.enqueue per event (see
+        -- above). Each queue gets the ticker's wake-up as pgfan.enqueue would send it,
+        -- whatever its ticker settings.
+        perform pg_notify('pgfan_ticker_wake', q) from (select distinct unnest(t.queues)) w(q);
+        perform pgq._pgfan_insert_events(t.queues,
+                                         array_fill('tasks'::text, array[cardinality(t.queues)]),
+                                         t.data, null, null, null, null);
     end if;
     -- A submitted job cancelled before routing keeps no tasks; its id is returned still.
     return t.jobs;

@@ -8,6 +8,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,12 +89,25 @@ impl Bouncer {
         let mut cmd = if unsafe { libc::geteuid() } == 0 {
             let mut c = Command::new("runuser");
             let user = env::var("PGFAN_PG_USER").unwrap_or_else(|_| "postgres".into());
-            c.args(["-u", &user, "--", &bin]);
+            // runuser's PAM session sets the user's default open-file limit (1,024 on
+            // Debian), too few for a fleet's clients: raised to the hard limit first.
+            c.args([
+                "-u",
+                &user,
+                "--",
+                "sh",
+                "-c",
+                r#"ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#,
+                &bin,
+            ]);
             c
         } else {
             Command::new(&bin)
         };
+        // Its own process group: as root the child is `runuser`, and killing it alone
+        // would leave PgBouncer running, orphaned; the group is killed as a whole.
         let child = cmd
+            .process_group(0)
             .arg(self.dir.path().join("pgbouncer.ini"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,6 +133,10 @@ impl Bouncer {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on the process group of our own, not yet reaped child.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

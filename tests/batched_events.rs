@@ -1,5 +1,5 @@
 //! What batching the master side adds (issue 12): pull events that carry many tasks
-//! (`pgfan.route_batch`, `pgfan.queue_tasks`), result events that carry many results
+//! (`pgfan.route_batch`), result events that carry many results
 //! (`pgfan.node_ship_batch`), raw jobs written once at routing, and the readers of both
 //! event formats (docs/pipeline.md).
 

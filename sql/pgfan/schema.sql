@@ -179,6 +179,11 @@ create unique index if not exists node_login_role_idx on pgfan.node (login_role)
 -- transaction may act as this node whatever its login (pooled daemons share one login).
 alter table pgfan.node add column if not exists pool_key_digest bytea;
 
+-- pgfan.route_batch builds its pull events itself (one builder for both writers, the
+-- bundled core's bulk insert and the PgQ extension's insert_event); the function that
+-- built them for it is gone.
+drop function if exists pgfan.queue_tasks(text[], bigint[], bigint[], text[], text[], text[], text[]);
+
 -- The pipeline's own queues and their consumers. They tick as soon as they have events
 -- (ticker_max_lag 0): pgfan's ticker notices new events within its poll period, so a task
 -- is not held back by PgQ's default 3 s batching; that is only set when the queue is new,

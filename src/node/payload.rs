@@ -229,7 +229,7 @@ impl ClaimRow {
 /// The `ev_type` of a pull event that carries many tasks.
 pub const TASKS_EVENT: &str = "tasks";
 
-/// One task of a `tasks` event, as the relay writes it (pgfan.queue_tasks).
+/// One task of a `tasks` event, as the relay writes it (pgfan.route_batch).
 #[derive(Debug, serde::Deserialize)]
 struct PulledTask {
     task: i64,

@@ -1,14 +1,16 @@
 -- pgfan.route_batch(source, ev_ids, jobs, kinds, targets, params, reduces, policies,
 --                   timeouts, payloads, lanes, parallels, options): route a whole push
--- batch in a few statements, its pull events carrying many tasks each
--- (pgfan.queue_tasks); returns the job ids in input order.
+-- batch in a few statements, its pull events carrying many tasks each (docs/pipeline.md,
+-- "Pull events", type `tasks`); returns the job ids in input order.
 --
 -- The arguments are route_events' (one element per event, each event's payloads as a
 -- jsonb array of strings) and so are the tasks it makes, in the same order and with the
 -- same lanes; what differs is what is written. A raw event's job row is written once,
 -- already running with its task count, instead of inserted, then updated; the tasks of
 -- the batch go out as one `tasks` event per node (and 4 MiB chunk) instead of one event
--- each. A job made by pgfan.submit is locked and moved to running as before; a cancelled
+-- each (a chunk closes once its payloads reach 4 MiB, so an event stays far below what a
+-- text value can hold; a node's tasks keep their id order inside and across its events).
+-- A job made by pgfan.submit is locked and moved to running as before; a cancelled
 -- one gets no tasks. Anything unusual raises, and the relay routes the batch event by
 -- event instead, where each problem is told apart: a job in another state, nothing to
 -- run, a target that resolves to no node, a raw event whose job exists already, and
@@ -17,8 +19,8 @@
 -- is installed: at 1,000 nodes a pgfan.enqueue per event (a PL/pgSQL call, a queue
 -- look-up and, past the 256 queues the generated insert_event covers, a dynamic INSERT
 -- with its helpers) was nine tenths of this function's time (pg_stat_user_functions,
--- issue 14). With the PgQ extension, whose insert_event is C, pgfan.queue_tasks writes
--- them as before.
+-- issue 14). With the PgQ extension, whose insert_event is C, they are written by a
+-- pgfan.enqueue each.
 -- route_events stays for relays of the previous version, whose nodes may not read
 -- `tasks` events yet (docs/pipeline.md, "Upgrading").
 -- SECURITY DEFINER: the relay's door (pgfan_relay needs no right on pgfan's tables or
@@ -139,9 +141,7 @@ begin
            set state = 'running', n_tasks = r.n_tasks, routed_at = now()
           from routed r
          where j.job_id = r.job and r.job is not null),
-    -- The pull events as pgfan.queue_tasks makes them (its chunks of 4 MiB, its data, its
-    -- order), made here from the new rows themselves: the bundled core's path below
-    -- needs no task arrays.
+    -- The pull events, made from the new rows themselves.
     pulls as (
         select nd.queue_name, x.chunk,
                json_agg(json_build_object('task', x.task_id, 'job', x.job_id, 'kind', x.kind,
@@ -161,27 +161,18 @@ begin
            (select array_agg(coalesce(u.job, r.job_id) order by u.n)
               from unnest(i_ev_ids, i_jobs) with ordinality u(ev_id, job, n)
               left join routed r on r.n = u.n) as jobs,
-           (select array_agg(m.node_name order by m.task_id) from made m where not v_bulk) as nodes,
-           (select array_agg(m.task_id order by m.task_id) from made m where not v_bulk) as tasks,
-           (select array_agg(m.job_id order by m.task_id) from made m where not v_bulk) as task_jobs,
-           (select array_agg(m.kind order by m.task_id) from made m where not v_bulk) as kinds,
-           (select array_agg(m.payload order by m.task_id) from made m where not v_bulk) as payloads,
-           (select array_agg(m.lane order by m.task_id) from made m where not v_bulk) as lanes,
-           (select array_agg(m.options order by m.task_id) from made m where not v_bulk) as options,
-           (select array_agg(p.queue_name order by p.queue_name, p.chunk) from pulls p where v_bulk)
-               as queues,
-           (select array_agg(p.data order by p.queue_name, p.chunk) from pulls p where v_bulk)
-               as data
+           (select array_agg(p.queue_name order by p.queue_name, p.chunk) from pulls p) as queues,
+           (select array_agg(p.data order by p.queue_name, p.chunk) from pulls p) as data
       into t;
     if t.empty > 0 then
         raise exception 'pgfan: a target of the batch resolves to no node';
     elsif t.existing > 0 then
         raise exception 'pgfan: a raw event of the batch has a job already';
     end if;
-    if t.tasks is not null then
+    if t.queues is not null and not v_bulk then
         -- The PgQ extension: its insert_event (C) costs about what a bulk write would.
-        perform pgfan.queue_tasks(t.nodes, t.tasks, t.task_jobs, t.kinds, t.payloads,
-                                  t.lanes, t.options);
+        perform pgfan.enqueue(u.q, 'tasks', u.d, null, null, null, null)
+           from unnest(t.queues, t.data) u(q, d);
     elsif t.queues is not null then
         -- The bundled core: one bulk call instead of a pgfan.enqueue per event (see
         -- above). Each queue gets the ticker's wake-up as pgfan.enqueue would send it,

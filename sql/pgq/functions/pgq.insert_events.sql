@@ -23,7 +23,7 @@
 --
 -- Private (pgq._pgfan_*, owner-only, not part of PgQ's API): pgfan.route_batch calls it
 -- when the bundled core is installed; with the PgQ extension, whose insert_event is C, it
--- writes through insert_event (pgfan.queue_tasks).
+-- writes through insert_event.
 -- SECURITY DEFINER so that it writes the event tables as the core's owner, whoever owns
 -- its caller.
 create or replace function pgq._pgfan_insert_events(

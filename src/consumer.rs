@@ -325,6 +325,7 @@ async fn session_loop<H: BatchHandler>(
     }
     drop(client);
     let mut behind = false;
+    let mut wait = first_poll(opts);
     loop {
         if *stop.borrow() {
             return Ok(Ended::Stopped);
@@ -340,7 +341,8 @@ async fn session_loop<H: BatchHandler>(
             continue;
         }
         behind = false;
-        match wait_for_tick(opts, messages, stop).await {
+        let period = std::mem::replace(&mut wait, opts.poll_period);
+        match wait_for_tick(opts, period, messages, stop).await {
             Wait::Tick => {}
             Wait::Stop => return Ok(Ended::Stopped),
             Wait::Deaf => return Ok(Ended::Deaf),
@@ -569,13 +571,26 @@ enum Wait {
     Deaf,
 }
 
-/// Waits for a tick notification of our queue, the poll period, or a stop.
+/// How long a session's first wait lasts at most: a point of the poll period fixed by the
+/// consumer's name, so that consumers that connected together (a fleet whose master
+/// restarted) spread their fallback looks over the period instead of looking in step for
+/// ever after.
+fn first_poll(opts: &ConsumerOptions) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (&opts.queue, &opts.consumer).hash(&mut h);
+    let point = (h.finish() % 1_000_000) as f64 / 1_000_000.0;
+    opts.poll_period.mul_f64(point)
+}
+
+/// Waits for a tick notification of our queue, `period`, or a stop.
 async fn wait_for_tick(
     opts: &ConsumerOptions,
+    period: Duration,
     messages: &mut mpsc::UnboundedReceiver<AsyncMessage>,
     stop: &mut watch::Receiver<bool>,
 ) -> Wait {
-    let deadline = tokio::time::Instant::now() + opts.poll_period;
+    let deadline = tokio::time::Instant::now() + period;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -598,6 +613,26 @@ fn interval_text(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_polls_of_a_fleet_spread_over_the_period() {
+        let period = Duration::from_secs(600);
+        let mut points: Vec<Duration> = (0..1000)
+            .map(|i| {
+                let mut o = ConsumerOptions::new("", format!("pgfan_node_n{i}"), "c");
+                o.poll_period = period;
+                first_poll(&o)
+            })
+            .collect();
+        assert!(points.iter().all(|p| *p < period));
+        points.sort();
+        // Every tenth of the period has about a tenth of the fleet (binomial: 100 ± 30).
+        for k in 0..10 {
+            let (lo, hi) = (period * k / 10, period * (k + 1) / 10);
+            let n = points.iter().filter(|p| **p >= lo && **p < hi).count();
+            assert!((70..=130).contains(&n), "{n} first polls in tenth {k}");
+        }
+    }
 
     #[test]
     fn retry_delay_doubles_up_to_the_cap() {

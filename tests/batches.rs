@@ -531,7 +531,69 @@ async fn next_batch_custom_honours_thresholds(backend: Backend) {
     );
 }
 
+/// A node's look: `pgfan.node_next_batch` for n1, (prev, cur) ticks and the batch's event
+/// data, the batch finished; None when there is no batch.
+async fn node_look(c: &Client) -> Option<(i64, i64, Vec<String>)> {
+    let row = c
+        .query_one(
+            "select batch_id, prev_tick_id, cur_tick_id
+               from pgfan.node_next_batch('n1', null, null, null)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let batch: i64 = row.get::<_, Option<i64>>(0)?;
+    let data = c
+        .query(
+            "select ev_data from pgfan.node_batch_events('n1', $1) order by ev_id",
+            &[&batch],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    c.query_one("select pgfan.node_finish_batch('n1', $1)", &[&batch])
+        .await
+        .unwrap();
+    Some((row.get(1), row.get(2), data))
+}
+
+/// A node that finds a run of idle ticks takes them as one batch (its claim looks rarely,
+/// and the ticker does not announce idle ticks), and the longer batch still holds what
+/// became visible inside the run: an event whose transaction was open at the run's start.
+async fn a_node_takes_a_run_of_idle_ticks_as_one_batch(backend: Backend) {
+    let (db, c) = common::master_with_nodes(backend).await;
+    let q = "pgfan_node_n1";
+    c.query_one("select pgfan.node_register('n1')", &[])
+        .await
+        .unwrap();
+    // Every pgq.ticker call ticks, with new events or not.
+    set_queue_config(&c, q, "ticker_idle_period", "0").await;
+    while node_look(&c).await.is_some() {}
+    let mut producer = db.connect().await;
+    let open = producer.transaction().await.unwrap();
+    open.query_one("select pgq.insert_event($1, 'sql', 'late')", &[&q])
+        .await
+        .unwrap();
+    let a = ticker(&c, q).await.expect("a tick over the new position");
+    let (_, cur, data) = node_look(&c).await.expect("the batch up to tick a");
+    assert_eq!((cur, data.len()), (a, 0), "the event is not committed yet");
+    let b = ticker(&c, q).await.expect("an idle tick");
+    open.commit().await.unwrap();
+    let cc = ticker(&c, q).await.expect("another idle tick");
+    assert!(a < b && b < cc);
+    let (prev, cur, data) = node_look(&c).await.expect("one batch for the idle run");
+    assert_eq!(
+        (prev, cur, data),
+        (a, cc, vec!["late".to_string()]),
+        "ticks {b} and {cc} in one batch, with the event committed between them"
+    );
+    assert_eq!(node_look(&c).await, None);
+}
+
 both_backends!(
+    a_node_takes_a_run_of_idle_ticks_as_one_batch,
     concurrent_producers_deliver_each_event_once_per_consumer,
     batch_id_is_stable_until_finish_and_second_finish_warns,
     batch_cursor_returns_the_batch_events,

@@ -207,6 +207,13 @@ async fn postgres_version() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The in-process daemons' logs, for looking into a case: `PGFAN_LOG=pgfan=debug`.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PGFAN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = parse_args()?;
     if args.list {
         for (name, what) in CASES {

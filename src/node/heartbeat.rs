@@ -165,6 +165,7 @@ mod tests {
         assert!(!fresh.due(&cfg));
         assert!(beaten.due(&cfg));
         cfg.pooled = true;
+        cfg.claim_poll_period = Duration::from_secs(20);
         assert!(fresh.due(&cfg), "the first beat");
         assert!(!beaten.due(&cfg), "the looks refresh it");
         cfg.workers += 1;

@@ -70,9 +70,11 @@ pub struct NodeConfig {
     #[serde(default = "default_poll_period", deserialize_with = "config::duration")]
     pub poll_period: Duration,
     /// How often the claim looks for a batch of its queue when no tick notification has
-    /// come. pgfan's ticker notifies every tick, so this only covers a lost one and an idle
-    /// node costs the master one transaction a period; under pgqd, which does not notify,
-    /// set it to about a second. Default 60 s.
+    /// come. pgfan's ticker announces every tick over new events; what a look without one
+    /// finds is the queue's idle ticks (taken as one batch), so an idle node costs the
+    /// master one transaction a period. Pooled (no notifications), this is the latency of
+    /// new work: set it (e.g. 20s). Under pgqd, which does not notify, set it to about a
+    /// second. Default 10 min.
     #[serde(
         default = "default_claim_poll_period",
         deserialize_with = "config::duration"
@@ -130,7 +132,7 @@ fn default_poll_period() -> Duration {
     Duration::from_secs(1)
 }
 fn default_claim_poll_period() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(600)
 }
 fn default_heartbeat_period() -> Duration {
     Duration::from_secs(300)
@@ -288,7 +290,7 @@ mod tests {
         assert_eq!(cfg.workers, 4);
         assert!(cfg.allow_sql);
         assert_eq!(cfg.poll_period, Duration::from_secs(1));
-        assert_eq!(cfg.claim_poll_period, Duration::from_secs(60));
+        assert_eq!(cfg.claim_poll_period, Duration::from_secs(600));
         assert_eq!(cfg.heartbeat_period, Duration::from_secs(300));
         assert_eq!(cfg.stop_timeout, Duration::from_secs(30));
         assert_eq!(cfg.queue(), "pgfan_node_n1");

@@ -25,10 +25,39 @@ create or replace function pgfan.node_next_batch(
 as $$
 declare
     v_queue text := pgfan.node_caller(i_node);
+    v_count integer := i_min_count;
+    v_interval interval := i_min_interval;
 begin
+    -- A run of idle ticks (no event position moved since the consumer's last tick) is
+    -- taken as one batch, up to the run's last tick or, when the tick after the run comes
+    -- soon enough, up to the latest tick (PgQ's rule for larger batches: find_tick_helper,
+    -- asked for the run's time span, or 1,000 events, takes the latest tick unless it
+    -- overshoots either twice, else the first tick that reaches one). The ticker does not
+    -- announce idle ticks, so a direct node, which looks only when announced or every
+    -- claim_poll_period, finds a run of them: one batch instead of one each. A batch is
+    -- defined by its two ticks' snapshots, so no event is left out of a longer one.
+    if i_min_count is null and i_min_interval is null then
+        select last_idle.tick_time - prev.tick_time, 1000
+          into v_interval, v_count
+          from pgq.queue q
+          join pgq.consumer c on c.co_name = v_queue
+          join pgq.subscription s on s.sub_queue = q.queue_id and s.sub_consumer = c.co_id
+          join pgq.tick prev on prev.tick_queue = s.sub_queue and prev.tick_id = s.sub_last_tick
+          cross join lateral (
+                select t.tick_id, t.tick_time
+                  from pgq.tick t
+                 where t.tick_queue = s.sub_queue and t.tick_id > s.sub_last_tick
+                   and t.tick_event_seq = prev.tick_event_seq
+                 order by t.tick_queue desc, t.tick_id desc
+                 limit 1) last_idle
+         where q.queue_name = v_queue and s.sub_batch is null
+           and exists (select 1 from pgq.tick t
+                        where t.tick_queue = s.sub_queue and t.tick_id > s.sub_last_tick
+                          and t.tick_id < last_idle.tick_id);
+    end if;
     select b.batch_id, b.cur_tick_id, b.prev_tick_id, b.cur_tick_time
       into batch_id, cur_tick_id, prev_tick_id, cur_tick_time
-      from pgq.next_batch_custom(v_queue, v_queue, i_min_lag, i_min_count, i_min_interval) b;
+      from pgq.next_batch_custom(v_queue, v_queue, i_min_lag, v_count, v_interval) b;
     -- Looking for work is a sign of life: the heartbeat is refreshed when older than 15 s
     -- (a write at most that often, and never a node's first heartbeat, which
     -- pgfan.node_heartbeat writes). A daemon behind a pooler, whose session pgfan cannot

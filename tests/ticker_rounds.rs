@@ -230,4 +230,65 @@ async fn a_woken_queue_is_polled_for_events_that_do_not_notify() {
     ticker.await.unwrap();
 }
 
-both_backends!(the_round_ticks_what_pgq_ticker_ticks);
+/// A queue's first event cannot be told apart by positions from the idle ticks after it
+/// (both read position 1), so the round announces it: once, not at every idle tick, which
+/// would wake every listener of the database at each one (a fresh fleet's 1,000 node queues
+/// after one job each). The announced tick covers the event.
+async fn a_first_event_is_announced_once(backend: Backend) {
+    let (db, client) = queue_db(backend, &["one"]).await;
+    // A round every 20 ms; the queue due at every round whose last tick is 0.5 s old, with
+    // or without new events; a lag of 1 s, so an insert sends no wake-up.
+    set_queue_config(&client, "one", "ticker_max_lag", "1 second").await;
+    set_queue_config(&client, "one", "ticker_idle_period", "0").await;
+    common::register(&client, "one", "c").await;
+    common::consume_all(&client, "one", "c").await;
+    let mut ticks = db.session().await;
+    ticks
+        .client
+        .batch_execute("listen pgfan_tick")
+        .await
+        .unwrap();
+    insert_event(&client, "one", "t", "first").await;
+    let before = last_tick(&client, "one").await;
+    let mut cfg = ticker_config(&db);
+    cfg.ticker_period = Duration::from_millis(20);
+    let (ctl, ticker) = start_ticker(cfg);
+    assert_eq!(
+        next_payload(&mut ticks, "pgfan_tick", "the first event's tick").await,
+        "one"
+    );
+    let covered = common::all_data(&common::consume_all(&client, "one", "c").await);
+    assert_eq!(
+        covered,
+        vec!["first".to_string()],
+        "the announced tick covers it"
+    );
+    // Four idle ticks later, still the one announcement.
+    common::eventually(
+        &db,
+        &format!(
+            "select count(*) >= 5 from pgq.tick t join pgq.queue q on q.queue_id = t.tick_queue
+              where q.queue_name = 'one' and t.tick_id > {before}"
+        ),
+    )
+    .await;
+    ctl.send(Control::Stop).unwrap();
+    ticker.await.unwrap();
+    let mut more = 0;
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(Duration::from_millis(200), ticks.messages.recv()).await
+    {
+        if matches!(msg, AsyncMessage::Notification(n) if n.channel() == "pgfan_tick") {
+            more += 1;
+        }
+    }
+    assert_eq!(
+        more, 0,
+        "idle ticks after the first event are not announced"
+    );
+}
+
+both_backends!(
+    the_round_ticks_what_pgq_ticker_ticks,
+    a_first_event_is_announced_once
+);

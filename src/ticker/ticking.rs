@@ -49,8 +49,14 @@ use crate::db::Session;
 /// first event is the exception to reading "new events" off the positions: its first tick
 /// records position 1 before any event exists (the sequence's start), and the first event
 /// takes position 1, so a position of 1 at a tick that recorded 1 may be an event
-/// (`first_event`): announced, which costs a queue that has had one event ever an
-/// announcement per idle tick. Events counted by a tick but not visible to it (their
+/// (`first_event`): announced once per ticker session (`$1` lists the queues already
+/// announced so), not at every idle tick after it: a fleet whose 1,000 node queues had one
+/// event each would otherwise announce 1,000 idle ticks a minute, each waking every
+/// listener of the database. The first announced tick covers the event unless its
+/// transaction was still open; its commit then wakes the ticker (pgfan's producers
+/// notify), or the missed-events check finds it while the queue is active (a silent
+/// producer's transaction open longer than that waits for the consumer's own poll).
+/// Events counted by a tick but not visible to it (their
 /// transaction was still open) are ticked and announced by the missed-events check
 /// (urgent.rs), not here: announcing every tick that follows one with transactions in
 /// progress would announce most idle ticks of a busy master.
@@ -59,7 +65,8 @@ const ROUND_SQL: &str = "with r as materialized (
                case when due then pgq.ticker(d.queue_name) end as tick_id
           from (select q.queue_id, q.queue_name, s.pos,
                        coalesce(s.pos > t.tick_event_seq, false) as pending,
-                       coalesce(s.pos = 1 and t.tick_event_seq = 1, false) as first_event,
+                       coalesce(s.pos = 1 and t.tick_event_seq = 1, false)
+                       and not q.queue_name = any($1::text[]) as first_event,
                        t.tick_id is null
                        or s.pos > t.tick_event_seq
                        or p.tick_time is null
@@ -82,7 +89,8 @@ const ROUND_SQL: &str = "with r as materialized (
          order by queue_id)
     select queue_name, pos, pending, tick_id,
            case when tick_id is not null and (pending or first_event)
-                then pg_catalog.pg_notify('pgfan_tick', queue_name) end::text
+                then pg_catalog.pg_notify('pgfan_tick', queue_name) end::text,
+           first_event
       from r where tick_id is not null or pending order by queue_id";
 
 /// The fast poll: event sequence positions of the given (active) queues, and whether a
@@ -132,6 +140,8 @@ struct Activity {
     /// events that its last
     /// tick missed because their transaction was still open (see urgent.rs).
     active: HashMap<String, Instant>,
+    /// Queues whose first event's tick this session announced (see ROUND_SQL).
+    first_announced: HashSet<String>,
 }
 
 impl Activity {
@@ -163,6 +173,10 @@ impl Activity {
         self.active.retain(|_, at| now.duration_since(*at) < period);
     }
 
+    fn first_announced_list(&self) -> Vec<String> {
+        self.first_announced.iter().cloned().collect()
+    }
+
     fn active_queues(&self) -> Vec<String> {
         self.active.keys().cloned().collect()
     }
@@ -188,7 +202,9 @@ pub(super) async fn run(
     let mut activity = Activity::default();
     let mut missed = Missed::default();
     let mut woken: HashSet<String> = HashSet::new();
-    let first = client.query(&round_sql, &[]).await?;
+    let first = client
+        .query(&round_sql, &[&activity.first_announced_list()])
+        .await?;
     note_round(first, &mut activity, db);
     let urgent = sweep(client, &mut missed).await?;
     let st = Statements {
@@ -243,6 +259,9 @@ fn note_round(rows: Vec<tokio_postgres::Row>, activity: &mut Activity, db: &str)
         if let Some(tick_id) = tick_id {
             tracing::trace!(db, queue, tick_id, "Ticked");
             ticks += 1;
+            if row.get::<_, bool>(5) {
+                activity.first_announced.insert(queue.clone());
+            }
         }
         let moved = activity.observe(queue.clone(), pos, pending, now);
         if !moved && activity.active.contains_key(&queue) {
@@ -282,7 +301,9 @@ async fn round(
     db: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let now = Instant::now();
-    let rows = client.query(&st.round, &[]).await?;
+    let rows = client
+        .query(&st.round, &[&activity.first_announced_list()])
+        .await?;
     let mut quiet = note_round(rows, activity, db);
     activity.expire(cfg.ticker_period, now);
     quiet.retain(|q| activity.active.contains_key(q));

@@ -98,7 +98,8 @@ pub struct NodeConfig {
     /// liveness is its master session (pgfan.connected_nodes), so this can be rare: an
     /// idle node costs the master one write a period (and the claim's looks refresh it).
     /// Pooled, with `claim_poll_period` no longer than this, the looks are its heartbeat:
-    /// it beats at start and when `workers` changes only. Default 5 min.
+    /// it beats at start and when `workers` changes only. Default 15 min (an idle fleet of
+    /// 1,000 direct nodes then writes about one heartbeat a second).
     #[serde(
         default = "default_heartbeat_period",
         deserialize_with = "config::duration"
@@ -135,7 +136,7 @@ fn default_claim_poll_period() -> Duration {
     Duration::from_secs(600)
 }
 fn default_heartbeat_period() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(900)
 }
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
@@ -291,7 +292,7 @@ mod tests {
         assert!(cfg.allow_sql);
         assert_eq!(cfg.poll_period, Duration::from_secs(1));
         assert_eq!(cfg.claim_poll_period, Duration::from_secs(600));
-        assert_eq!(cfg.heartbeat_period, Duration::from_secs(300));
+        assert_eq!(cfg.heartbeat_period, Duration::from_secs(900));
         assert_eq!(cfg.stop_timeout, Duration::from_secs(30));
         assert_eq!(cfg.queue(), "pgfan_node_n1");
         assert!(cfg.check().is_ok());

@@ -11,9 +11,8 @@
 //! - the *fast poll*, every `poll_period`, of the queues that are active: whose sequence
 //!   moved, or that were woken, within the last `ticker_period`. It reads only those
 //!   queues' sequences and offers a tick to the ones with new events, so events of
-//!   producers that do not notify
-//!   (the PgQ extension's C insert, COPY) tick within a poll period once their queue is
-//!   active, and within a round when it was idle. With no queue active nothing runs
+//!   producers that do not notify (the PgQ extension's C insert, COPY) tick within a poll
+//!   period once their queue is active, and within a round when it was idle. With no queue active nothing runs
 //!   between rounds.
 //!
 //! An idle database thus costs one read-only statement per round, plus PgQ's idle ticks
@@ -56,17 +55,17 @@ use crate::db::Session;
 /// transaction was still open; its commit then wakes the ticker (pgfan's producers
 /// notify), or the missed-events check finds it while the queue is active (a silent
 /// producer's transaction open longer than that waits for the consumer's own poll).
-/// Events counted by a tick but not visible to it (their
-/// transaction was still open) are ticked and announced by the missed-events check
-/// (urgent.rs), not here: announcing every tick that follows one with transactions in
-/// progress would announce most idle ticks of a busy master.
+/// Events counted by a tick but not visible to it (their transaction was still open) are
+/// ticked and announced by the missed-events check (urgent.rs), not here: announcing
+/// every tick that follows one with transactions in progress would announce most idle
+/// ticks of a busy master.
 const ROUND_SQL: &str = "with r as materialized (
         select queue_id, queue_name, pos, pending, first_event,
                case when due then pgq.ticker(d.queue_name) end as tick_id
           from (select q.queue_id, q.queue_name, s.pos,
                        coalesce(s.pos > t.tick_event_seq, false) as pending,
                        coalesce(s.pos = 1 and t.tick_event_seq = 1, false)
-                       and not q.queue_name = any($1::text[]) as first_event,
+                       and not (q.queue_name = any($1::text[])) as first_event,
                        t.tick_id is null
                        or s.pos > t.tick_event_seq
                        or p.tick_time is null
@@ -137,8 +136,8 @@ struct Activity {
     /// When each active queue's sequence last moved or it was woken. A queue stays active
     /// for one `ticker_period` after that: it is polled, offered a tick at every poll that
     /// finds new events (PgQ's own lag rules decide whether it ticks), and checked for
-    /// events that its last
-    /// tick missed because their transaction was still open (see urgent.rs).
+    /// events that its last tick missed because their transaction was still open (see
+    /// urgent.rs).
     active: HashMap<String, Instant>,
     /// Queues whose first event's tick this session announced (see ROUND_SQL).
     first_announced: HashSet<String>,

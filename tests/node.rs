@@ -362,8 +362,8 @@ async fn a_claim_redone_after_the_node_commit_does_not_duplicate_tasks() {
     // The claim handler's work up to the master commit, then the master rolls back, as if
     // the daemon died between the node commit and finish_batch.
     let cfg = env.config();
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let mut handler = pgfan::node::claim::ClaimHandler::new(&cfg, wake);
+    let handoff = Arc::new(pgfan::node::executor::Handoff::default());
+    let mut handler = pgfan::node::claim::ClaimHandler::new(&cfg, handoff);
     let mut mc = env.master.connect().await;
     // The running ticker ticks the queue (it may make empty batches first; skip them).
     let deadline = tokio::time::Instant::now() + common::PATIENCE;

@@ -29,15 +29,15 @@
 //! or whose results together passed one task's cap is not charged to its tasks: they run
 //! again one by one ([`Outcome::Split`]), so only a task at fault fails.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::join_all;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{CancelToken, Client};
+use tokio_postgres::{CancelToken, Client, Statement};
 
-use super::execute::{execute_within, Ran};
+use super::execute::{execute_prepared, execute_within, Ran};
 use super::payload::Work;
 use super::plan::{plan_with, Plan, PlanError, Tables};
 use super::result::{error_text, Budget, Json, TaskResult};
@@ -254,7 +254,8 @@ async fn run_batch(
         c.batch_execute("rollback").await?;
         return Ok(outcomes);
     }
-    execute_all(c, &mut items, intent, ctl).await?;
+    let prepared = prepare_copies(c, &items).await?;
+    execute_all(c, &mut items, &prepared, intent, ctl).await?;
     if intent.get() == Intent::Abandon {
         // Stopping: the drain's cancel may have failed a statement; nothing is recorded,
         // the whole batch rolls back and runs again after the restart.
@@ -354,11 +355,49 @@ async fn begin(c: &Client, items: &[Item]) -> Result<HashSet<i64>, tokio_postgre
     Ok(taken?.iter().map(|r| r.get(0)).collect())
 }
 
+/// Copy statements of the batch, prepared once each (all at once, one round trip): as an
+/// unnamed statement per task, the server parsed and planned the same copy statement for
+/// every task, most of a copy's cost on the node (pg_stat_statements, delivery benchmark).
+/// Not in a batch with `sql` tasks: the reset after each of those (DEALLOCATE ALL) drops
+/// prepared statements. A statement that fails to prepare is left to its tasks, whose own
+/// run then reports the error.
+async fn prepare_copies(
+    c: &Client,
+    items: &[Item],
+) -> Result<HashMap<String, Statement>, tokio_postgres::Error> {
+    if items.iter().any(|i| i.task.kind == "sql") {
+        return Ok(HashMap::new());
+    }
+    let mut wanted: HashMap<&str, usize> = HashMap::new();
+    for item in items {
+        if let Ok(Plan::Modify { sql, params }) = &item.plan {
+            wanted.insert(sql, params.len());
+        }
+    }
+    let prepared =
+        join_all(wanted.iter().map(|(&sql, &n)| async move {
+            (sql, c.prepare_typed(sql, &vec![Type::TEXT; n]).await)
+        }))
+        .await;
+    let mut statements = HashMap::with_capacity(prepared.len());
+    for (sql, statement) in prepared {
+        match statement {
+            Ok(s) => {
+                statements.insert(sql.to_string(), s);
+            }
+            Err(e) if lost(&e) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(statements)
+}
+
 /// Runs every pending task in a savepoint of its own, all pipelined; after a failure the
 /// transaction is brought back to that task's savepoint and the rest go out again.
 async fn execute_all(
     c: &Client,
     items: &mut [Item],
+    prepared: &HashMap<String, Statement>,
     intent: &SharedIntent,
     ctl: &Control,
 ) -> Result<(), Stop> {
@@ -372,7 +411,7 @@ async fn execute_all(
         }
         let runs = pending
             .iter()
-            .map(|&i| run_in_savepoint(c, &items[i], ctl, &budget));
+            .map(|&i| run_in_savepoint(c, &items[i], prepared, ctl, &budget));
         let answers = join_all(runs).await;
         let mut failed = None;
         for (&i, answer) in pending.iter().zip(answers) {
@@ -439,6 +478,7 @@ fn blame(items: &mut [Item], i: usize, err: &tokio_postgres::Error, ctl: &Contro
 async fn run_in_savepoint(
     c: &Client,
     item: &Item,
+    prepared: &HashMap<String, Statement>,
     ctl: &Control,
     budget: &Budget,
 ) -> Result<Ran, tokio_postgres::Error> {
@@ -453,7 +493,12 @@ async fn run_in_savepoint(
         Ok::<_, tokio_postgres::Error>(())
     };
     let statement = async {
-        let ran = execute_within(c, plan, Some(budget)).await;
+        let ran = match plan {
+            Plan::Modify { sql, params } if prepared.contains_key(sql) => {
+                execute_prepared(c, &prepared[sql], params).await
+            }
+            _ => execute_within(c, plan, Some(budget)).await,
+        };
         ctl.passed(id);
         if let Ok(Ran::TooLarge(_)) = ran {
             // Reading stopped: the statement may go on sending; stop it, so that the

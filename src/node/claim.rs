@@ -11,10 +11,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio_postgres::{Client, Transaction};
 
+use super::executor::Handoff;
 use super::payload::{claim_rows_of, ClaimRow};
+use super::worker::Task;
 use super::NodeConfig;
 use crate::consumer::{BatchHandler, BatchRef, HandlerError, RetryEvent};
 use crate::pgq::Event;
@@ -28,12 +29,12 @@ pub struct ClaimHandler {
     /// Events of the batch in progress (the framework may deliver them in chunks).
     pending: Vec<Event>,
     pending_batch: Option<i64>,
-    /// Woken after every batch that was claimed: the executor looks for new tasks.
-    wake: Arc<Notify>,
+    /// Told after every batch that was claimed: the executor starts its new tasks.
+    handoff: Arc<Handoff>,
 }
 
 impl ClaimHandler {
-    pub fn new(cfg: &NodeConfig, wake: Arc<Notify>) -> ClaimHandler {
+    pub fn new(cfg: &NodeConfig, handoff: Arc<Handoff>) -> ClaimHandler {
         ClaimHandler {
             node_name: cfg.name.clone(),
             consumer: cfg.queue(),
@@ -41,7 +42,7 @@ impl ClaimHandler {
             node: None,
             pending: Vec::new(),
             pending_batch: None,
-            wake,
+            handoff,
         }
     }
 
@@ -62,23 +63,24 @@ impl ClaimHandler {
         }
     }
 
-    /// Inserts the tasks unless the ledger has the batch; returns whether they were new.
+    /// Inserts the tasks unless the ledger has the batch; returns the runnable tasks it
+    /// inserted, None when the ledger had the batch.
     async fn claim_on_node(
         &mut self,
         batch_id: i64,
         rows: &[ClaimRow],
-    ) -> Result<bool, tokio_postgres::Error> {
+    ) -> Result<Option<Vec<Task>>, tokio_postgres::Error> {
         let consumer = self.consumer.clone();
         let node = self.node().await?;
         let tx = node.transaction().await?;
         if crate::ledger::batch_done(&tx, &consumer, batch_id).await? {
             tx.commit().await?;
-            return Ok(false);
+            return Ok(None);
         }
-        insert_tasks(&tx, rows).await?;
+        let claimed = insert_tasks(&tx, rows).await?;
         crate::ledger::mark_batch_done(&tx, &consumer, batch_id).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(claimed))
     }
 }
 
@@ -114,11 +116,15 @@ impl BatchHandler for ClaimHandler {
             // nothing, so it needs neither the ledger nor a node transaction.
             return Ok(());
         }
-        let fresh = self.claim_on_node(batch.batch_id, &rows).await?;
+        let claimed = self.claim_on_node(batch.batch_id, &rows).await?;
+        let fresh = claimed.is_some();
         // The tasks are committed on the node: they may run while the master side of the
         // claim finishes. A result may even be recorded on the master first: the reducer
         // takes results of queued tasks, and tasks_claimed moves only tasks still queued.
-        self.wake.notify_one();
+        match claimed {
+            Some(tasks) => self.handoff.claimed(tasks),
+            None => self.handoff.reread(),
+        }
         let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
         tx.query_one(
             "select pgfan.tasks_claimed($1, $2)",
@@ -155,10 +161,11 @@ fn claim_rows(events: &[Event]) -> Vec<ClaimRow> {
 }
 
 /// Inserts the rows; events that cannot run are stored as failed tasks, to be shipped.
+/// Returns the runnable tasks inserted (a task the table had already is not returned).
 async fn insert_tasks(
     tx: &Transaction<'_>,
     rows: &[ClaimRow],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<Task>, tokio_postgres::Error> {
     let col = |f: &dyn Fn(&ClaimRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
     let jobs: Vec<Option<i64>> = rows.iter().map(|r| r.job_id).collect();
@@ -168,7 +175,8 @@ async fn insert_tasks(
     let data = col(&|r| Some(r.data.clone()));
     let lanes = col(&|r| r.lane.clone());
     let errors = col(&|r| r.error.clone());
-    tx.execute(
+    let inserted = tx
+        .query(
         "insert into pgfan_node.task
                 (task_id, job_id, kind, data, lane, timeout_ms, tx, state, error, result, finished_at)
          select t.id, t.job, t.kind, t.data, t.lane, t.timeout_ms, t.tx,
@@ -178,9 +186,14 @@ async fn insert_tasks(
            from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                        $6::int4[], $7::bool[], $8::text[])
                 as t(id, job, kind, data, lane, timeout_ms, tx, error)
-         on conflict (task_id) do nothing",
+         on conflict (task_id) do nothing
+         returning task_id, kind, data, lane, timeout_ms, tx, run_key, state",
         &[&ids, &jobs, &kinds, &data, &lanes, &timeouts, &txs, &errors],
     )
     .await?;
-    Ok(())
+    Ok(inserted
+        .iter()
+        .filter(|r| r.get::<_, &str>("state") == "claimed")
+        .map(Task::from_row)
+        .collect())
 }

@@ -10,7 +10,7 @@ use std::pin::pin;
 
 use futures_util::TryStreamExt;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow, SimpleQueryStream};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow, SimpleQueryStream, Statement};
 
 use super::plan::Plan;
 use super::result::{Budget, Rows, TaskResult};
@@ -85,6 +85,18 @@ pub async fn execute_within(
             )))
         }
     }
+}
+
+/// A copy action through its statement prepared beforehand (a batch prepares each of its
+/// copy statements once, instead of the server parsing and planning it for every task).
+pub async fn execute_prepared(
+    c: &Client,
+    statement: &Statement,
+    params: &[String],
+) -> Result<Ran, tokio_postgres::Error> {
+    Ok(Ran::Done(TaskResult::count(
+        c.execute(statement, &refs(params)).await?,
+    )))
 }
 
 fn ran(rows: Rows<'_>, fits: bool) -> Ran {

@@ -48,7 +48,7 @@ use crate::config::ConfigError;
 use crate::consumer::{self, ConsumerError, ConsumerOptions};
 use crate::db::SharedSession;
 use crate::signals::Control;
-use executor::{Command, Executor};
+use executor::{Command, Executor, Handoff};
 
 pub use result::TaskResult;
 pub use settings::{NodeConfig, PoolKey};
@@ -80,7 +80,7 @@ struct Claim {
 }
 
 impl Claim {
-    fn start(cfg: &NodeConfig, master: Arc<SharedSession>, wake: Arc<Notify>) -> Claim {
+    fn start(cfg: &NodeConfig, master: Arc<SharedSession>, handoff: Arc<Handoff>) -> Claim {
         let mut opts = ConsumerOptions::new(cfg.master.clone(), cfg.queue(), cfg.queue());
         opts.poll_period = cfg.claim_poll_period;
         opts.shared = Some(master);
@@ -88,7 +88,7 @@ impl Claim {
         opts.node_key = cfg.pool_key.as_ref().map(|k| k.expose().to_string());
         // Through the node doors: the node's master login may read only its own queue.
         opts.node = Some(cfg.name.clone());
-        let mut handler = claim::ClaimHandler::new(cfg, wake);
+        let mut handler = claim::ClaimHandler::new(cfg, handoff);
         let (stop, stop_rx) = watch::channel(false);
         let mut set = JoinSet::new();
         set.spawn(async move { consumer::run(&opts, &mut handler, stop_rx).await });
@@ -115,7 +115,7 @@ impl Claim {
 /// The parts of a running node daemon.
 struct Daemon {
     cfg: watch::Sender<Arc<NodeConfig>>,
-    wake: Arc<Notify>,
+    handoff: Arc<Handoff>,
     master: Arc<SharedSession>,
     claim: Claim,
     commands: mpsc::UnboundedSender<Command>,
@@ -126,7 +126,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(cfg: NodeConfig) -> Daemon {
-        let claim_wake = Arc::new(Notify::new());
+        let handoff = Arc::new(Handoff::default());
         let ship_wake = Arc::new(Notify::new());
         // The daemon's one master session: the claim, the shipper and the heartbeat take
         // turns on it.
@@ -139,11 +139,11 @@ impl Daemon {
             false => format!("pgfan node {}", cfg.name),
         };
         let master = SharedSession::named("master", Some(session_name));
-        let claim = Claim::start(&cfg, master.clone(), claim_wake.clone());
+        let claim = Claim::start(&cfg, master.clone(), handoff.clone());
         let (cfg, cfg_rx) = watch::channel(Arc::new(cfg));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let mut executor = JoinSet::new();
-        let exec = Executor::new(cfg_rx.clone(), claim_wake.clone(), ship_wake.clone());
+        let exec = Executor::new(cfg_rx.clone(), handoff.clone(), ship_wake.clone());
         executor.spawn(exec.run(commands_rx));
         let (background_stop, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
@@ -161,7 +161,7 @@ impl Daemon {
         ));
         Daemon {
             cfg,
-            wake: claim_wake,
+            handoff,
             master,
             claim,
             commands,
@@ -221,7 +221,7 @@ impl Daemon {
             if let Err(err) = self.claim.stop(Instant::now() + new.stop_timeout).await {
                 tracing::warn!(error = %err, "The claim consumer had failed; starting it again");
             }
-            self.claim = Claim::start(&new, self.master.clone(), self.wake.clone());
+            self.claim = Claim::start(&new, self.master.clone(), self.handoff.clone());
         }
         tracing::info!(path = %path.display(), "Configuration reloaded");
     }

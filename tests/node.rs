@@ -198,6 +198,52 @@ async fn lanes_run_in_order_and_in_parallel() {
     env.stop_ticker().await;
 }
 
+/// The claim hands its new tasks to the executor, so they start without the executor
+/// reading the task table for them; lane tasks, which the executor must read, start too.
+/// The executor's fallback poll is an hour here: a task that waited for it would not run.
+#[tokio::test]
+async fn claimed_tasks_start_without_the_executors_poll() {
+    let env = Env::new("n_handoff").await;
+    env.node_sql("create table log (lane text, n int)").await;
+    let node = start_node(NodeConfig {
+        poll_period: Duration::from_secs(3600),
+        ..env.config()
+    });
+    for round in 0..3i64 {
+        let loose: Vec<Pull> = (1..=5i64)
+            .map(|i| {
+                sql_task(
+                    round * 100 + i,
+                    &format!("insert into log values (null, {i})"),
+                )
+            })
+            .collect();
+        put(&env, &loose).await;
+        env.wait_shipped(&loose.iter().map(|e| e.task).collect::<Vec<_>>())
+            .await;
+        let laned: Vec<Pull> = (1..=4i64)
+            .map(|i| Pull {
+                lane: Some("a"),
+                ..sql_task(
+                    round * 100 + 10 + i,
+                    &format!("insert into log values ('a', {i})"),
+                )
+            })
+            .collect();
+        put(&env, &laned).await;
+        env.wait_shipped(&laned.iter().map(|e| e.task).collect::<Vec<_>>())
+            .await;
+    }
+    assert_eq!(
+        env.node_count("select count(*) from pgfan_node.task where state = 'done'")
+            .await,
+        27
+    );
+    assert_eq!(env.node_count("select count(*) from log").await, 27);
+    stop_node(node).await;
+    env.stop_ticker().await;
+}
+
 #[tokio::test]
 async fn call_and_copy_follow_the_allow_lists() {
     let env = Env::new("n_call").await;

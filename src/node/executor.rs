@@ -5,8 +5,12 @@
 //! and hands each to a worker with a connection of the pool: one task alone, or under a
 //! backlog a batch of them in one node transaction ([`batch`]). It reads runnable tasks
 //! ahead, lanes' later tasks included, so that most starts cost no query; a lane's later
-//! task starts only after its predecessor, in the same batch or once that has finished. It wakes when the claim
-//! handler claimed a batch, when a worker finishes, and every `poll_period` as a fallback.
+//! task starts only after its predecessor, in the same batch or once that has finished.
+//! The claim handler hands over the lane-less tasks it has just claimed ([`Handoff`]), so
+//! the table is read only when something happened that the executor did not see (tasks
+//! with lanes, tasks given back to run again, a lane whose head finished, an error, and
+//! every `poll_period` as a fallback). It wakes when the claim handler claimed a batch,
+//! when a worker finishes, and every `poll_period`.
 //! Cancellations from the master arrive as commands: a running task gets its statement
 //! cancelled (CancelToken), a waiting one is recorded as cancelled. On stop it drains:
 //! no new tasks, running ones may finish until the deadline, then they are cancelled and

@@ -199,7 +199,8 @@ async fn lanes_run_in_order_and_in_parallel() {
 }
 
 /// The claim hands its new tasks to the executor, so they start without the executor
-/// reading the task table for them; lane tasks, which the executor must read, start too.
+/// reading the task table for them; lane tasks and tasks past the handoff's bound, which
+/// the executor must read, start too.
 /// The executor's fallback poll is an hour here: a task that waited for it would not run.
 #[tokio::test]
 async fn claimed_tasks_start_without_the_executors_poll() {
@@ -234,12 +235,26 @@ async fn claimed_tasks_start_without_the_executors_poll() {
         env.wait_shipped(&laned.iter().map(|e| e.task).collect::<Vec<_>>())
             .await;
     }
+    // Past the handoff's bound on payload bytes (8 MiB) the tasks stay in the table
+    // alone: they run through a read.
+    let padding = "-".repeat(3 << 20);
+    let big: Vec<Pull> = (1..=3i64)
+        .map(|i| {
+            sql_task(
+                900 + i,
+                &format!("insert into log values ('big', {i}) --{padding}"),
+            )
+        })
+        .collect();
+    put(&env, &big).await;
+    env.wait_shipped(&big.iter().map(|e| e.task).collect::<Vec<_>>())
+        .await;
     assert_eq!(
         env.node_count("select count(*) from pgfan_node.task where state = 'done'")
             .await,
-        27
+        30
     );
-    assert_eq!(env.node_count("select count(*) from log").await, 27);
+    assert_eq!(env.node_count("select count(*) from log").await, 30);
     stop_node(node).await;
     env.stop_ticker().await;
 }

@@ -40,6 +40,11 @@ const READ_AHEAD: usize = 4;
 /// A task whose node connection broke this many times is recorded as failed.
 const MAX_LOST: u32 = 3;
 
+/// Most tasks the executor holds in memory ahead of their start through the handoff...
+const HANDOFF_MAX_TASKS: usize = 2000;
+/// ...and most bytes of their payloads.
+const HANDOFF_MAX_BYTES: usize = 8 << 20;
+
 /// What the claim handler passes to the executor after each claimed batch: the tasks it
 /// has just committed, so that the executor need not read them back. Reading them back
 /// (`pgfan_node.runnable_tasks`, once or more per batch under a backlog) was a quarter of a
@@ -64,13 +69,19 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tasks just committed as claimed on the node.
+    /// Tasks just committed as claimed on the node. Past [`HANDOFF_MAX_TASKS`] or
+    /// [`HANDOFF_MAX_BYTES`] of payload waiting, they stay in the table alone, to be read
+    /// when the executor has room: the daemon's memory does not grow with a backlog.
     pub fn claimed(&self, tasks: Vec<Task>) {
         {
             let mut h = self.lock();
-            if tasks.iter().all(|t| t.lane.is_none()) {
+            let bytes: usize = h.tasks.iter().chain(&tasks).map(|t| t.data.len()).sum();
+            let fits =
+                h.tasks.len() + tasks.len() <= HANDOFF_MAX_TASKS && bytes <= HANDOFF_MAX_BYTES;
+            if fits && tasks.iter().all(|t| t.lane.is_none()) {
                 h.tasks.extend(tasks);
             } else {
+                h.tasks.clear();
                 h.reread = true;
             }
         }
@@ -296,6 +307,15 @@ impl Executor {
             self.known = false;
         }
         if handed.tasks.is_empty() {
+            return;
+        }
+        let ready_bytes: usize = self.ready.iter().map(|t| t.data.len()).sum();
+        let bytes: usize = handed.tasks.iter().map(|t| t.data.len()).sum();
+        if self.ready.len() + handed.tasks.len() > HANDOFF_MAX_TASKS
+            || ready_bytes + bytes > HANDOFF_MAX_BYTES
+        {
+            // The table keeps them until there is room.
+            self.known = false;
             return;
         }
         let held: HashSet<i64> = self.ready.iter().map(|t| t.task_id).collect();

@@ -86,6 +86,40 @@ async fn a_failing_task_in_the_middle_of_a_batch_fails_alone() {
     env.stop_ticker().await;
 }
 
+/// A batch prepares its copy statements once; a copy table's trigger that drops every
+/// prepared statement of the session (DEALLOCATE ALL) fails no task: the batch goes on
+/// without them.
+#[tokio::test]
+async fn copies_survive_a_trigger_that_deallocates_the_batchs_statements() {
+    let env = Env::new("b_dealloc").await;
+    env.node_sql(
+        "create table items (id int primary key, name text);
+         create function forget() returns trigger language plpgsql as
+           $$ begin if new.id = 5 then execute 'deallocate all'; end if; return new; end $$;
+         create trigger forget before insert on items for each row execute function forget();",
+    )
+    .await;
+    let node = start_node(NodeConfig {
+        workers: 1,
+        copy_tables: vec!["items".into()],
+        ..env.config()
+    });
+    let tasks: Vec<Pull> = (1..=20)
+        .map(|i| copy(i, format!("action=ins&id={i}&name=n{i}"), None))
+        .collect();
+    put(&env, &tasks).await;
+    env.wait_shipped(&(1..=20).collect::<Vec<_>>()).await;
+    for (id, state, attempts) in states(&env).await {
+        assert_eq!((state.as_str(), attempts), ("done", 1), "task {id}");
+    }
+    let rows = env
+        .node_count("select count(*) from items where name = 'n' || id")
+        .await;
+    assert_eq!(rows, 20, "every row exactly once");
+    stop_node(node).await;
+    env.stop_ticker().await;
+}
+
 #[tokio::test]
 async fn batches_mix_with_lanes_and_tasks_that_run_alone() {
     let env = Env::new("b_mix").await;

@@ -254,8 +254,8 @@ async fn run_batch(
         c.batch_execute("rollback").await?;
         return Ok(outcomes);
     }
-    let prepared = prepare_copies(c, &items).await?;
-    execute_all(c, &mut items, &prepared, intent, ctl).await?;
+    let mut prepared = prepare_copies(c, &items).await?;
+    execute_all(c, &mut items, &mut prepared, intent, ctl).await?;
     if intent.get() == Intent::Abandon {
         // Stopping: the drain's cancel may have failed a statement; nothing is recorded,
         // the whole batch rolls back and runs again after the restart.
@@ -397,7 +397,7 @@ async fn prepare_copies(
 async fn execute_all(
     c: &Client,
     items: &mut [Item],
-    prepared: &HashMap<String, Statement>,
+    prepared: &mut HashMap<String, Statement>,
     intent: &SharedIntent,
     ctl: &Control,
 ) -> Result<(), Stop> {
@@ -411,7 +411,7 @@ async fn execute_all(
         }
         let runs = pending
             .iter()
-            .map(|&i| run_in_savepoint(c, &items[i], prepared, ctl, &budget));
+            .map(|&i| run_in_savepoint(c, &items[i], &*prepared, ctl, &budget));
         let answers = join_all(runs).await;
         let mut failed = None;
         for (&i, answer) in pending.iter().zip(answers) {
@@ -433,10 +433,19 @@ async fn execute_all(
         if intent.get() == Intent::Abandon {
             return Err(Stop::Db(err));
         }
-        blame(items, i, &err, ctl);
+        // The batch's prepared statements are gone (a copy table's trigger ran DEALLOCATE
+        // ALL): not the task's failure; it and the rest go out again unprepared.
+        let gone =
+            err.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) && !prepared.is_empty();
+        if !gone {
+            blame(items, i, &err, ctl);
+        }
         let sql = items[i].task.kind == "sql";
         c.batch_execute(if sql { ROLLBACK_AND_RESET } else { ROLLBACK })
             .await?;
+        if gone {
+            prepared.clear();
+        }
     }
 }
 

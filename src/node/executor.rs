@@ -45,6 +45,16 @@ const HANDOFF_MAX_TASKS: usize = 2000;
 /// ...and most bytes of their payloads.
 const HANDOFF_MAX_BYTES: usize = 8 << 20;
 
+/// Whether these tasks may be held in memory ahead of their start.
+fn within_bound<'a>(tasks: impl Iterator<Item = &'a Task>) -> bool {
+    let (mut n, mut bytes) = (0, 0);
+    for t in tasks {
+        n += 1;
+        bytes += t.data.len();
+    }
+    n <= HANDOFF_MAX_TASKS && bytes <= HANDOFF_MAX_BYTES
+}
+
 /// What the claim handler passes to the executor after each claimed batch: the tasks it
 /// has just committed, so that the executor need not read them back. Reading them back
 /// (`pgfan_node.runnable_tasks`, once or more per batch under a backlog) was a quarter of a
@@ -75,10 +85,8 @@ impl Handoff {
     pub fn claimed(&self, tasks: Vec<Task>) {
         {
             let mut h = self.lock();
-            let bytes: usize = h.tasks.iter().chain(&tasks).map(|t| t.data.len()).sum();
-            let fits =
-                h.tasks.len() + tasks.len() <= HANDOFF_MAX_TASKS && bytes <= HANDOFF_MAX_BYTES;
-            if fits && tasks.iter().all(|t| t.lane.is_none()) {
+            if within_bound(h.tasks.iter().chain(&tasks)) && tasks.iter().all(|t| t.lane.is_none())
+            {
                 h.tasks.extend(tasks);
             } else {
                 h.tasks.clear();
@@ -309,11 +317,7 @@ impl Executor {
         if handed.tasks.is_empty() {
             return;
         }
-        let ready_bytes: usize = self.ready.iter().map(|t| t.data.len()).sum();
-        let bytes: usize = handed.tasks.iter().map(|t| t.data.len()).sum();
-        if self.ready.len() + handed.tasks.len() > HANDOFF_MAX_TASKS
-            || ready_bytes + bytes > HANDOFF_MAX_BYTES
-        {
+        if !within_bound(self.ready.iter().chain(&handed.tasks)) {
             // The table keeps them until there is room.
             self.known = false;
             return;

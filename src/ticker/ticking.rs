@@ -12,8 +12,8 @@
 //!   moved, or that were woken, within the last `ticker_period`. It reads only those
 //!   queues' sequences and offers a tick to the ones with new events, so events of
 //!   producers that do not notify (the PgQ extension's C insert, COPY) tick within a poll
-//!   period once their queue is active, and within a round when it was idle. With no queue active nothing runs
-//!   between rounds.
+//!   period once their queue is active, and within a round when it was idle. With no
+//!   queue active nothing runs between rounds.
 //!
 //! An idle database thus costs one read-only statement per round, plus PgQ's idle ticks
 //! (the same ones pgqd makes), and no WAL beyond those ticks.

@@ -221,10 +221,29 @@ async fn sql_tasks_share_a_transaction_but_not_their_failures_or_sessions() {
                 "create temp table log (seq int); set search_path = nowhere; \
                  select pg_catalog.set_config('statement_timeout', '1', false)",
             ),
+            // Session state a task could leave for the next one to use or trip over.
+            16 => sql_task(
+                i,
+                "declare c cursor with hold for select 1; prepare p as select 1; \
+                 listen pgfan_batch_test; select pg_catalog.pg_advisory_lock(16); \
+                 create temp sequence s; select pg_catalog.nextval('s'); set role pg_monitor",
+            ),
+            17 => sql_task(
+                i,
+                "select (select count(*) from pg_catalog.pg_cursors where name = 'c') \
+                      + (select count(*) from pg_catalog.pg_prepared_statements where name = 'p') \
+                      + (select count(*) from pg_catalog.pg_listening_channels() l) \
+                      + (select count(*) from pg_catalog.pg_locks \
+                          where locktype = 'advisory' and pid = pg_catalog.pg_backend_pid()) \
+                      + (select count(*) from pg_catalog.pg_class \
+                          where relname = 's' and relpersistence = 't') as left_over, \
+                        current_user = session_user as own_role",
+            ),
             20 => sql_task(
                 i,
                 "insert into log values (20); set role none; select pg_catalog.pg_sleep(0.01)",
             ),
+            21 => sql_task(i, "select current_user = session_user as own_role"),
             _ => sql_task(i, &format!("insert into log values ({i}); select {i} as n")),
         })
         .collect();
@@ -242,8 +261,11 @@ async fn sql_tasks_share_a_transaction_but_not_their_failures_or_sessions() {
         Some(true)
     );
     assert_eq!(env.result(29).await["rows"], serde_json::json!([["29"]]));
-    // Every insert but 10's and 15's reached the real table, in one node transaction.
-    assert_eq!(env.node_count("select count(*) from public.log").await, 28);
+    assert_eq!(env.result(17).await["rows"], serde_json::json!([["0", "t"]]));
+    assert_eq!(env.result(21).await["rows"], serde_json::json!([["t"]]));
+    // Every insert but those of 10, 15, 16, 17 and 21 reached the real table, in one node
+    // transaction.
+    assert_eq!(env.node_count("select count(*) from public.log").await, 25);
     assert_eq!(
         env.node_count("select count(distinct tx) from public.log")
             .await,

@@ -49,12 +49,12 @@ use super::NodeConfig;
 pub const MAX_TASKS: usize = 200;
 
 /// After each `sql` task: what its SQL may have changed in the session, put back inside the
-/// transaction (DISCARD ALL cannot run in one). Functions are schema-qualified, as the
-/// task may have left a search_path of its own choosing until the RESET ALL.
+/// transaction (DISCARD ALL cannot run in one). RESET ALL first and on its own, so that a
+/// timeout or search_path the task set is gone before the rest runs; the rest is one call
+/// (sql/pgfan_node/functions/pgfan_node.reset_session.sql says why), schema-qualified.
 macro_rules! session_reset {
     () => {
-        "reset all; reset role; close all; deallocate all; unlisten *; \
-         select pg_catalog.pg_advisory_unlock_all(); discard temp; discard sequences"
+        "reset all; select pgfan_node.reset_session()"
     };
 }
 const RELEASE: &str = "release savepoint pgfan_task";
@@ -286,7 +286,8 @@ async fn run_batch(
 }
 
 /// Plans every task: copies one by one (they share the catalog reads of their tables),
-/// the others described together, pipelined.
+/// the others described together, pipelined, each distinct statement once (nothing has run
+/// yet, so the same text has the same shape for every task that carries it).
 async fn plan_all(
     c: &Client,
     tasks: Vec<Task>,
@@ -301,21 +302,37 @@ async fn plan_all(
             Ok(_) => None,
         });
     }
-    let others = tasks.iter().zip(&plans).filter(|(_, p)| p.is_none());
-    let described = join_all(others.map(|(task, _)| async {
+    // The distinct statements, in first-seen order, and each task's place among them.
+    let mut distinct: Vec<(&str, &str)> = Vec::new();
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let slots: Vec<Option<usize>> = tasks
+        .iter()
+        .zip(&plans)
+        .map(|(task, p)| {
+            p.is_none().then(|| {
+                *seen.entry((&task.kind, &task.data)).or_insert_with(|| {
+                    distinct.push((&task.kind, &task.data));
+                    distinct.len() - 1
+                })
+            })
+        })
+        .collect();
+    let described = join_all(distinct.iter().map(|&(kind, data)| async move {
         let mut none = Tables::default();
-        match Work::parse(&task.kind, &task.data) {
+        match Work::parse(kind, data) {
             Ok(work) => plan_one(c, cfg, &work, &mut none).await,
             Err(e) => Ok(Err(e.to_string())),
         }
     }))
-    .await;
-    let mut described = described.into_iter();
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     let mut items = Vec::with_capacity(tasks.len());
-    for (task, plan) in tasks.into_iter().zip(plans) {
-        let plan = match plan {
-            Some(p) => p,
-            None => described.next().unwrap_or(Ok(Err("not planned".into())))?,
+    for ((task, plan), slot) in tasks.into_iter().zip(plans).zip(slots) {
+        let plan = match (plan, slot) {
+            (Some(p), _) => p,
+            (None, Some(i)) => described[i].clone(),
+            (None, None) => Err("not planned".into()),
         };
         let fate = match &plan {
             Ok(_) => Fate::Pending,

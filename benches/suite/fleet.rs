@@ -29,7 +29,13 @@
 //! simulated ones without LISTEN and one heartbeat at start, as a pooled daemon (its looks
 //! refresh the heartbeat). The window starts after every node has beaten and one more poll
 //! period; it reports PgBouncer's server connections in use (the backends named `pgfan
-//! pooled node`), transactions/s and CPU.
+//! pooled node`), transactions/s and CPU. Its goal is on the fleet's own transactions,
+//! counted in pg_stat_statements under the fleet's one login (each look's `START
+//! TRANSACTION`, each keyed door call made on its own) over the window, three whole poll
+//! periods: a node's looks then count three each, whatever its phase. The window's total
+//! minus the base window's is reported beside it: that difference also carries the two
+//! windows' own noise (the ticker's, the reducer's), about as large as the 1 % between a
+//! fleet at its budget (50/s) and over it.
 //!
 //! An idle daemon asks about cancellations and ships results only while it has tasks: the
 //! simulator does neither. `--quick`: 200 nodes (180 simulated).
@@ -231,7 +237,10 @@ impl Simulator {
         let done = futures_util::future::join_all(flushes).await;
         let n = done.iter().filter(|r| r.is_ok()).count() as i64;
         // A backend reports at most once a second: the forced report comes within that.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // (Pooled: no session of its own to flush, and the window stays whole periods.)
+        if !self.sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         Ok(n)
     }
 
@@ -434,6 +443,8 @@ struct Window {
     nodes: usize,
     tps: f64,
     statements: f64,
+    /// Transactions of the pooled login (pooled mode), counted by statement.
+    pool_tps: f64,
     /// `pgfan_tick` notifications a listener received per second.
     tick_notifications: f64,
     /// The most frequent statements: calls/s and the start of their text.
@@ -484,7 +495,6 @@ async fn window(
         .query("select pid from pg_stat_activity where application_name like 'pgfan node %'")
         .await?;
     let node_pids: Vec<i32> = node_pids.iter().map(|r| r.get(0)).collect();
-    probe.query("select pg_stat_statements_reset()").await?;
     probe
         .query(&format!("listen {}", pgfan::ticker::TICK_CHANNEL))
         .await?;
@@ -492,6 +502,8 @@ async fn window(
     if let Some(sim) = sim.as_ref() {
         sim.flush().await?;
     }
+    // Statements are counted over the window itself (not over the flush before it).
+    probe.query("select pg_stat_statements_reset()").await?;
     probe.own = 0;
     let x0 = probe.xacts().await?;
     let cpu0 = cluster_ticks(postmaster);
@@ -543,6 +555,16 @@ async fn window(
         )
         .await?;
     let calls: f64 = rows.iter().map(|r| r.get::<_, f64>(0)).sum();
+    // The pooled fleet's own transactions, one by one: its looks (explicit transactions)
+    // and its keyed door calls made on their own (docs: pgfan::node::door::keyed).
+    let pool_xacts: f64 = probe
+        .query(&format!(
+            "select coalesce(sum(calls), 0)::float8 from pg_stat_statements
+              where toplevel and userid = (select oid from pg_roles where rolname = '{POOL_LOGIN}')
+                and (query = 'START TRANSACTION' or query ~ 'from \\(select set_config\\(')"
+        ))
+        .await?[0]
+        .get(0);
     let top = rows
         .iter()
         .take(10)
@@ -565,6 +587,7 @@ async fn window(
         nodes,
         tps: (x1 - x0 - own - flushes) as f64 / secs,
         statements: calls / secs,
+        pool_tps: pool_xacts / secs,
         tick_notifications: ticks as f64 / secs,
         top,
         cpu_pct: pct(ticks_between(&cpu0, &cpu1, None)),
@@ -1046,14 +1069,23 @@ fn pooled_rows(w: &Window, base: &Window) -> Vec<Row> {
         )
     };
     let servers = w.node_sessions_max as f64;
-    let tps = w.tps - base.tps;
+    let tps = w.pool_tps;
     vec![
         row(what("PgBouncer server connections"), "connections", servers)
             .goal(format!("<= {POOL_SIZE}"), servers <= f64::from(POOL_SIZE)),
         row(what("master CPU"), "% core", w.cpu_pct),
         row(what("master transactions/s"), "tx/s", w.tps),
-        row(what("master transactions/s, the fleet's part"), "tx/s", tps)
-            .goal(format!("<= {tps_goal:.0}/s"), tps <= tps_goal),
+        row(
+            what("master transactions/s minus the base window's"),
+            "tx/s",
+            w.tps - base.tps,
+        ),
+        row(
+            what("master transactions/s, the fleet's own (its login's, by statement)"),
+            "tx/s",
+            tps,
+        )
+        .goal(format!("<= {tps_goal:.0}/s"), tps <= tps_goal),
     ]
 }
 

@@ -261,7 +261,10 @@ async fn sql_tasks_share_a_transaction_but_not_their_failures_or_sessions() {
         Some(true)
     );
     assert_eq!(env.result(29).await["rows"], serde_json::json!([["29"]]));
-    assert_eq!(env.result(17).await["rows"], serde_json::json!([["0", "t"]]));
+    assert_eq!(
+        env.result(17).await["rows"],
+        serde_json::json!([["0", "t"]])
+    );
     assert_eq!(env.result(21).await["rows"], serde_json::json!([["t"]]));
     // Every insert but those of 10, 15, 16, 17 and 21 reached the real table, in one node
     // transaction.

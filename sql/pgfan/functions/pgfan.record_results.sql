@@ -95,8 +95,9 @@ begin
                              'character varying', 'boolean']
                 or array_position(pgfan.concat_kinds(
                        array(select jsonb_array_elements_text(upd.res -> 'types'))), null) is null)
-           and not exists (select 1 from pgfan.task o
-                            where o.job_id = j.job_id and o.task_id <> upd.task_id)
+           -- Its only task: the count routing wrote (retry_failed replaces a task, it
+           -- does not add one), instead of a look at the job's tasks per result.
+           and j.n_tasks = 1
         returning j.job_id)
     select array_agg(u.job_id order by x.n),
            array_agg(coalesce(u.job_id in (select s.job_id from single s), false) order by x.n),

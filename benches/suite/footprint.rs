@@ -58,6 +58,9 @@ const NODES: usize = 3;
 const IDLE_PERIOD: Duration = Duration::from_secs(60);
 const RSS_GOAL_MB: f64 = 20.0;
 const CPU_GOAL_PCT: f64 = 1.0;
+/// Issue 14: an idle ticker over the same 1,000 queues costs at most this many times
+/// pgqd's CPU (the process, and its master sessions) and WAL.
+const PGQD_FACTOR_GOAL: f64 = 1.5;
 const PGQD_APP: &str = "pgqd";
 
 /// VmRSS and VmHWM of a process in kB, from /proc/<pid>/status.
@@ -646,25 +649,50 @@ fn rows(a: &Window, b: &Window, c: &Window) -> Vec<Row> {
         } else {
             Row::single(CASE, metric, "% core", Better::Lower, vec![cpu])
         };
-        rows.push(row.goal(format!("<= {CPU_GOAL_PCT} %"), cpu <= CPU_GOAL_PCT));
+        rows.push(if *name == "ticker" {
+            let met = cpu <= CPU_GOAL_PCT && cpu <= PGQD_FACTOR_GOAL * pgqd.0;
+            row.goal(
+                format!("<= {CPU_GOAL_PCT} % and <= {PGQD_FACTOR_GOAL}x pgqd"),
+                met,
+            )
+        } else {
+            row.goal(format!("<= {CPU_GOAL_PCT} %"), cpu <= CPU_GOAL_PCT)
+        });
     }
-    rows.push(Row::versus(
-        CASE,
-        "ticker's master sessions CPU, idle",
-        "% core",
-        Better::Lower,
-        vec![a.sessions.get("ticker").copied().unwrap_or(f64::NAN)],
-        "pgqd's sessions",
-        &[c.sessions.get(PGQD_APP).copied().unwrap_or(f64::NAN)],
-    ));
-    rows.push(Row::versus(
-        CASE,
-        "ticker's WAL per idle minute (window - no-ticker window)",
-        "B/min",
-        Better::Lower,
-        vec![a.wal_per_min - b.wal_per_min],
-        "pgqd's (same difference)",
-        &[c.wal_per_min - b.wal_per_min],
-    ));
+    let (ours, theirs) = (
+        a.sessions.get("ticker").copied().unwrap_or(f64::NAN),
+        c.sessions.get(PGQD_APP).copied().unwrap_or(f64::NAN),
+    );
+    rows.push(
+        Row::versus(
+            CASE,
+            "ticker's master sessions CPU, idle",
+            "% core",
+            Better::Lower,
+            vec![ours],
+            "pgqd's sessions",
+            &[theirs],
+        )
+        .goal(
+            format!("<= {PGQD_FACTOR_GOAL}x pgqd"),
+            ours <= PGQD_FACTOR_GOAL * theirs,
+        ),
+    );
+    let (ours, theirs) = (a.wal_per_min - b.wal_per_min, c.wal_per_min - b.wal_per_min);
+    rows.push(
+        Row::versus(
+            CASE,
+            "ticker's WAL per idle minute (window - no-ticker window)",
+            "B/min",
+            Better::Lower,
+            vec![ours],
+            "pgqd's (same difference)",
+            &[theirs],
+        )
+        .goal(
+            format!("<= {PGQD_FACTOR_GOAL}x pgqd"),
+            ours <= PGQD_FACTOR_GOAL * theirs,
+        ),
+    );
     rows
 }

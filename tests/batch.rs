@@ -38,17 +38,29 @@ async fn states(env: &Env) -> Vec<(i64, String, i32)> {
         .collect()
 }
 
+/// One worker and every task claimed at once: the node runs them as one batch.
+fn one_batch(env: &Env) -> NodeConfig {
+    NodeConfig {
+        workers: 1,
+        ..env.config()
+    }
+}
+
+/// [`one_batch`], copies going to the table `items`.
+fn one_batch_of_items(env: &Env) -> NodeConfig {
+    NodeConfig {
+        copy_tables: vec!["items".into()],
+        ..one_batch(env)
+    }
+}
+
 #[tokio::test]
 async fn a_failing_task_in_the_middle_of_a_batch_fails_alone() {
     let env = Env::new("b_fail").await;
     env.node_sql("create table items (id int primary key, name text)")
         .await;
-    let node = start_node(NodeConfig {
-        // One connection: all 60 copies go to as few batches as possible.
-        workers: 1,
-        copy_tables: vec!["items".into()],
-        ..env.config()
-    });
+    // One connection: all 60 copies go to as few batches as possible.
+    let node = start_node(one_batch_of_items(&env));
     // 20 and 40 fail when their statements run (a value that is no integer, a key
     // taken by 1), 30 when it is planned (no such column).
     let tasks: Vec<Pull> = (1..=60)
@@ -99,11 +111,7 @@ async fn copies_survive_a_trigger_that_deallocates_the_batchs_statements() {
          create trigger forget before insert on items for each row execute function forget();",
     )
     .await;
-    let node = start_node(NodeConfig {
-        workers: 1,
-        copy_tables: vec!["items".into()],
-        ..env.config()
-    });
+    let node = start_node(one_batch_of_items(&env));
     let tasks: Vec<Pull> = (1..=20)
         .map(|i| copy(i, format!("action=ins&id={i}&name=n{i}"), None))
         .collect();
@@ -196,14 +204,6 @@ async fn batches_mix_with_lanes_and_tasks_that_run_alone() {
     assert_eq!(env.node_count("select count(*) from log").await, 2);
     stop_node(node).await;
     env.stop_ticker().await;
-}
-
-/// One worker and every task claimed at once: the node runs them as one batch.
-fn one_batch(env: &Env) -> NodeConfig {
-    NodeConfig {
-        workers: 1,
-        ..env.config()
-    }
 }
 
 #[tokio::test]
